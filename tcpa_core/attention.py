@@ -1,0 +1,155 @@
+"""Block computation with prompts as extra keys, and the TCPA masked attention.
+
+TCPA attention of a query row ``i`` over keys ``j`` (prefix, prompts, patches)::
+
+    A_ij = softmax_j(q_i k_j * scale)        # over ALL keys, selected or not
+    out_i = sum_j A_ij * M_ij * v_j           # M: 0/1 mask, rows are NOT renormalised
+
+Two exact ways of computing it:
+* explicit: build ``A`` and ``A * M`` (``[B, H, Q, K]``); used when attention is captured.
+* fused: ``scaled_dot_product_attention`` over the keys ``[tokens | prompts | prompts]`` with values
+  ``[v_tokens | v_prompts | 0]``: row ``i`` sees the first copy of the prompts it selected and the
+  second (zero-valued) copy of the prompts it did not. Every prompt enters the softmax denominator
+  exactly once, only selected ones reach the output, so ``out = (A * M) v`` exactly. The boolean mask is
+  ``[B, 1, Q, K + P]`` (shared by the heads), no attention row is computed for prompt queries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _heads(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, N, H*hd] -> [B, H, N, hd]."""
+    return x.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
+
+
+def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of normalised tokens ``x`` [B, N, D], each [B, H, N, hd] (q/k norm applied)."""
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
+    return attn.q_norm(_heads(attn, q)), attn.k_norm(_heads(attn, k)), _heads(attn, v)
+
+
+def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values only (no queries) of normalised tokens ``x`` [B, P, D], each [B, H, P, hd]."""
+    width = attn.num_heads * attn.head_dim
+    bias = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
+    k, v = F.linear(x, attn.qkv.weight[width:], bias).chunk(2, dim=-1)
+    return attn.k_norm(_heads(attn, k)), _heads(attn, v)
+
+
+def expand_mask(allowed: torch.Tensor, num_prefix: int, num_patches: int) -> torch.Tensor:
+    """Full TCPA mask ``[B, Q, K]`` from the prompt-column selection ``allowed`` [B, Q, P]:
+    every query sees all prefix and patch keys."""
+    b, q, _ = allowed.shape
+    ones = allowed.new_ones
+    return torch.cat([ones(b, q, num_prefix), allowed, ones(b, q, num_patches)], dim=-1)
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention with explicit matrices.
+
+    Args:
+        q: [B, H, Q, hd]; k, v: [B, H, K, hd]; mask: [B, Q, K] bool (same for every head) or None.
+    Returns:
+        output [B, H, Q, hd], attention before the mask [B, H, Q, K], attention after the mask.
+    """
+    raw = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    masked = raw if mask is None else raw * mask.unsqueeze(1).to(raw.dtype)
+    return masked @ v, raw, masked
+
+
+def fused_masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prompt_k: torch.Tensor,
+    prompt_v: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """``(A * M) v`` through ``scaled_dot_product_attention`` (see the module docstring).
+
+    Args:
+        q, k, v: [B, H, N, hd] of the tokens (prefix + patches).
+        prompt_k, prompt_v: [B, H, P, hd] of the prompts.
+        allowed: [B or 1, N, P] bool, True where query row ``n`` selected prompt column ``p``.
+    Returns:
+        [B, H, N, hd]
+    """
+    b, n = q.shape[0], q.shape[2]
+    keys = torch.cat([k, prompt_k, prompt_k], dim=2)
+    values = torch.cat([v, prompt_v, torch.zeros_like(prompt_v)], dim=2)
+    allowed = allowed.expand(b, n, -1)
+    token_cols = allowed.new_ones(b, n, n)
+    mask = torch.cat([token_cols, allowed, ~allowed], dim=-1).unsqueeze(1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+
+
+def _finish_block(block: nn.Module, x: torch.Tensor, h: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+    """Output projection, residuals and MLP. ``x`` block input, ``h`` = norm1(x), ``heads_out`` [B,H,N,hd]."""
+    attn = block.attn
+    out = attn.norm(heads_out.transpose(1, 2).flatten(2))
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(h).sigmoid()
+    out = attn.proj_drop(attn.proj(out))
+    x = x + block.drop_path1(block.ls1(out))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def block_explicit(
+    block: nn.Module,
+    x: torch.Tensor,
+    num_prefix: int,
+    prompts: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One timm ``Block`` with explicit attention matrices.
+
+    Args:
+        x: [B, N, D] block input; every row is a query.
+        prompts: [B or 1, P, D] key/value-only prompt tokens inserted after the ``num_prefix`` first keys.
+        allowed: [B or 1, N, P] bool prompt-column selection (None: every prompt visible).
+    Returns:
+        block output [B, N, D], attention before and after the mask [B, H, N, K], mask [B, N, K] or None.
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    q, k, v = project_qkv(attn, h)
+    mask = None
+    if prompts is not None:
+        pk, pv = project_kv(attn, block.norm1(prompts))
+        pk, pv = pk.expand(x.shape[0], -1, -1, -1), pv.expand(x.shape[0], -1, -1, -1)
+        k = torch.cat([k[:, :, :num_prefix], pk, k[:, :, num_prefix:]], dim=2)
+        v = torch.cat([v[:, :, :num_prefix], pv, v[:, :, num_prefix:]], dim=2)
+        if allowed is not None:
+            allowed = allowed.expand(x.shape[0], x.shape[1], -1)
+            mask = expand_mask(allowed, num_prefix, x.shape[1] - num_prefix)
+    out, raw, masked = explicit_attention(q, k, v, attn.scale, mask)
+    return _finish_block(block, x, h, out), raw, masked, mask
+
+
+def block_fused(
+    block: nn.Module, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None
+) -> torch.Tensor:
+    """One timm ``Block`` with key/value-only prompts through fused attention (no matrices kept).
+
+    Args:
+        x: [B, N, D]; prompts: [B or 1, P, D]; allowed: [B or 1, N, P] bool, or None (all prompts visible).
+    Returns:
+        [B, N, D]
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    q, k, v = project_qkv(attn, h)
+    pk, pv = project_kv(attn, block.norm1(prompts))
+    pk, pv = pk.expand(x.shape[0], -1, -1, -1), pv.expand(x.shape[0], -1, -1, -1)
+    if allowed is None:
+        out = F.scaled_dot_product_attention(q, torch.cat([k, pk], 2), torch.cat([v, pv], 2), scale=attn.scale)
+    else:
+        out = fused_masked_attention(q, k, v, pk, pv, allowed, attn.scale)
+    return _finish_block(block, x, h, out)

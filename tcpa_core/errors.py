@@ -1,0 +1,39 @@
+"""Named exceptions. Every one carries a message that says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class TCPAError(Exception):
+    """Base class of every error raised on purpose by tcpa_core and tcpa_viz."""
+
+
+class PromptConfigError(TCPAError, ValueError):
+    """A PromptConfig that cannot work (top-k larger than the pool, empty pool for TCPA, ...)."""
+
+
+class UnsupportedModelError(TCPAError, TypeError):
+    """The backbone is not a timm VisionTransformer this wrapper knows how to prompt."""
+
+
+class InputShapeError(TCPAError, ValueError):
+    """An input tensor or image whose size, channels or dtype the backbone cannot take."""
+
+
+class ImageFormatError(TCPAError, ValueError):
+    """A file or upload that is not a readable image, or one too large to decode safely."""
+
+
+class CheckpointError(TCPAError, RuntimeError):
+    """A checkpoint file that is missing, corrupt, or incomplete."""
+
+
+class BackboneMismatchError(CheckpointError):
+    """A checkpoint (or backbone weight file) that was made for another backbone."""
+
+
+class DatasetError(TCPAError, RuntimeError):
+    """A dataset that is missing on disk, malformed, or empty."""
+
+
+class EmptyDatasetError(DatasetError):
+    """A dataset (or split) with no samples."""
