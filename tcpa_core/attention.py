@@ -10,8 +10,8 @@ Two exact ways of computing it:
 * fused: ``scaled_dot_product_attention`` over the keys ``[tokens | prompts | prompts]`` with values
   ``[v_tokens | v_prompts | 0]``: row ``i`` sees the first copy of the prompts it selected and the
   second (zero-valued) copy of the prompts it did not. Every prompt enters the softmax denominator
-  exactly once, only selected ones reach the output, so ``out = (A * M) v`` exactly. The boolean mask is
-  ``[B, 1, Q, K + P]`` (shared by the heads), no attention row is computed for prompt queries.
+  exactly once, only selected ones reach the output, so ``out = (A * M) v`` exactly. The additive mask
+  (0 / -inf) is ``[B, 1, Q, K + P]``, shared by the heads; no attention row is computed for prompt queries.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def fused_masked_attention(
     keys = torch.cat([k, prompt_k, prompt_k], dim=2)
     values = torch.cat([v, prompt_v, torch.zeros_like(prompt_v)], dim=2)
     allowed = allowed.expand(b, n, -1)
-    token_cols = allowed.new_ones(b, n, n)
-    mask = torch.cat([token_cols, allowed, ~allowed], dim=-1).unsqueeze(1)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+    prompt_bias = torch.zeros(b, n, 2 * allowed.shape[-1], dtype=q.dtype, device=q.device)
+    prompt_bias.masked_fill_(~torch.cat([allowed, ~allowed], dim=-1), float("-inf"))
+    bias = torch.cat([prompt_bias.new_zeros(b, n, n), prompt_bias], dim=-1).unsqueeze(1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
 
 
 def _finish_block(block: nn.Module, x: torch.Tensor, h: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
