@@ -127,7 +127,7 @@ def main() -> None:
                 check=True, capture_output=True, text=True,
             )
             peaks[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_added_mib"]
-        results.update({"peak_train_mib_batch%d" % args.mem_batch: peaks,
+        results.update({f"peak_train_mib_batch{args.mem_batch}": peaks,
                         "tcpa_over_dense_memory": peaks["tcpa"] / peaks["dense"]})
     print(json.dumps(results, indent=2))
 

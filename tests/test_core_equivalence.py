@@ -64,7 +64,7 @@ def test_tcpa_matches_dense_reference(fourier, prompt_length, variant):
     with torch.no_grad():
         logits, pool_loss = model(images, return_pool_loss=True)
         ref_logits, ref_loss = reference_forward(model, images)
-        with capture(model) as cache:
+        with capture(model):
             captured = model(images)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(pool_loss, ref_loss, atol=1e-6, rtol=0)
