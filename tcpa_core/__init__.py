@@ -2,6 +2,7 @@
 
 from . import backbone as _backbone  # noqa: F401  (registers tcpa_demo_vit with timm)
 from .capture import ActivationCache, capture
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, PromptConfig
 from .errors import (
     BackboneMismatchError,
@@ -12,13 +13,17 @@ from .errors import (
     InputShapeError,
     PromptConfigError,
     TCPAError,
+    TrainConfigError,
+    TrainingError,
     UnsupportedModelError,
 )
 from .layout import TokenLayout
 from .model import PromptedViT, build_model
+from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
     "METHODS", "PromptConfig", "PromptedViT", "build_model", "capture", "ActivationCache", "TokenLayout",
     "BackboneMismatchError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
-    "InputShapeError", "PromptConfigError", "TCPAError", "UnsupportedModelError",
+    "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
+    "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
 ]

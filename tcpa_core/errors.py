@@ -37,3 +37,11 @@ class DatasetError(TCPAError, RuntimeError):
 
 class EmptyDatasetError(DatasetError):
     """A dataset (or split) with no samples."""
+
+
+class TrainConfigError(TCPAError, ValueError):
+    """A training configuration that cannot work (bad epochs, batch size, learning rate, ...)."""
+
+
+class TrainingError(TCPAError, RuntimeError):
+    """Training failed (e.g. the loss became NaN or infinite)."""

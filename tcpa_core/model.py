@@ -53,7 +53,7 @@ class PromptedViT(nn.Module):
     ``forward(images [B, C, H, W]) -> logits [B, num_classes]`` (or ``(logits, pool_loss)``).
     Trainable: ``prompts`` (``PromptPools`` for TCPA, ``PromptTokens`` for VPT/VFPT, None otherwise),
     ``input_prompt`` (VP) and ``head``. The backbone stays frozen and in eval mode.
-    Set ``random_selection = True`` for the TCPA warm-up (random prompt selection).
+    Set ``random_selection = True`` for the TCPA warm-up: random prompt selection while in train mode.
     """
 
     def __init__(self, backbone: VisionTransformer, config: PromptConfig, num_classes: int,
@@ -112,8 +112,12 @@ class PromptedViT(nn.Module):
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """timm data config of the backbone (input_size, mean, std, interpolation, crop_pct)."""
-        return timm.data.resolve_data_config({}, model=self.backbone)
+        """timm data config of the backbone (input_size, mean, std, interpolation, crop_pct); the input size is
+        the one the backbone was built with (timm's pretrained config keeps the size it was released at)."""
+        config = timm.data.resolve_data_config({}, model=self.backbone)
+        pe = self.backbone.patch_embed
+        config["input_size"] = (pe.proj.in_channels, *pe.img_size)
+        return config
 
     def train(self, mode: bool = True) -> PromptedViT:
         super().train(mode)
@@ -285,7 +289,7 @@ class PromptedViT(nn.Module):
             patch_rows = torch.cat([x.new_zeros(num_patches, pools.num_cls_columns),
                                     x.new_ones(num_patches, pools.num_image_columns)], 1)
             return torch.cat([cls_rows, patch_rows]).bool().unsqueeze(0), x.new_zeros(())
-        random = self.random_selection
+        random = self.random_selection and self.training
         image = select_prompts(x[:, n:], pools.image_keys[layer], cfg.image_topk, random)
         hooks.image_assign(image.indices)
         image_cols = selection_to_columns(image.indices, pools.image_pool_size, cfg.prompt_length)

@@ -77,6 +77,9 @@ def test_random_selection_warm_up():
         model(images)
         top = cache["image_assign", 0].clone()
         model.random_selection = True
+        model(images)
+        assert torch.equal(cache["image_assign", 0], top), "random selection is a training-only warm-up"
+        model.train()
         torch.manual_seed(3)
         _, loss = model(images, return_pool_loss=True)
         picked = cache["image_assign", 0]

@@ -1,0 +1,387 @@
+"""Prompt checkpoints: only what was trained, plus what is needed to rebuild the model.
+
+On disk a checkpoint is a directory (or a ``NAME.safetensors`` file with a ``NAME.json`` beside it):
+
+* ``model.safetensors``: the trainable tensors (prompt pools/tokens, input prompt, head), named as in
+  ``PromptedViT.trainable_state_dict()``. Its header metadata holds the full JSON description under the
+  key ``tcpa_meta``, so the file alone is self-contained.
+* ``config.json``: the same JSON, for people and tools (the loader trusts the copy in the safetensors file).
+
+The JSON holds the ``PromptConfig``, the backbone (timm name, sha256 fingerprint of its weights, where the
+weights came from, timm kwargs), ``num_classes``, class names when known, metrics and library versions.
+Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``).
+
+Training state for resuming (optimizer, scheduler, counters, history) lives in a separate file written with
+:func:`save_training_state` and read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from .backbone import DEMO_BACKBONE
+from .config import PromptConfig
+from .errors import BackboneMismatchError, CheckpointError
+from .weights_io import backbone_fingerprint
+
+FORMAT = "tcpa-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "config.json"
+META_KEY = "tcpa_meta"
+_RESERVED = ("format", "format_version", "prompt_config", "backbone", "num_classes", "trainable_keys")
+
+
+# ------------------------------------------------------------------------------------------ atomic io
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file in the same directory,
+    which is flushed, fsynced and then renamed over ``path``. On any error the old file is untouched and
+    the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint JSON")
+
+
+# ------------------------------------------------------------------------------------------ paths
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, json)`` paths of the checkpoint at ``path`` (a directory, its .safetensors or its .json)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    if path.suffix == ".json":
+        if path.name == META_FILE:
+            return path.parent / WEIGHTS_FILE, path
+        return path.with_suffix(".safetensors"), path
+    return path / WEIGHTS_FILE, path / META_FILE
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    versions = {"torch": torch.__version__, "timm": timm.__version__}
+    with contextlib.suppress(PackageNotFoundError):
+        versions["tcpa-viz"] = version("tcpa-viz")
+    versions.setdefault("tcpa-viz", "unknown")
+    return versions
+
+
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def describe_backbone(model: nn.Module, source: Mapping[str, Any] | None = None,
+                      fingerprint: str | None = None) -> dict[str, Any]:
+    """The ``backbone`` entry of a checkpoint's JSON: name, fingerprint and where the weights came from.
+
+    ``source`` may give ``pretrained`` (timm hub weights), ``weights`` (a local weight file) and
+    ``kwargs`` (extra ``timm.create_model`` arguments) so that :func:`load_checkpoint` can rebuild it.
+    ``fingerprint`` skips hashing the backbone when the caller already has it.
+    """
+    model = _unwrap_model(model)
+    source = dict(source or {})
+    return {
+        "name": source.get("name") or model.backbone_name,
+        "fingerprint": fingerprint or backbone_fingerprint(model.backbone),
+        "pretrained": bool(source.get("pretrained", False)),
+        "weights": str(source["weights"]) if source.get("weights") else None,
+        "kwargs": dict(source.get("kwargs") or {}),
+        "data_config": _data_config(model),
+    }
+
+
+def _data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config of the backbone, with the input size the backbone was actually built for."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    img_size = getattr(getattr(model.backbone, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        cfg["input_size"] = [3, *map(int, img_size)]
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ save
+def save_checkpoint(
+    model: nn.Module,
+    path_or_dir: str | Path,
+    extra_meta: Mapping[str, Any] | None = None,
+    *,
+    backbone_source: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> Path:
+    """Save the trainable tensors of ``model`` and its JSON description; returns the weights path.
+
+    Args:
+        model: a ``PromptedViT`` (or a DDP wrapper of one).
+        path_or_dir: a directory (gets ``model.safetensors`` + ``config.json``) or a ``NAME.safetensors``
+            path (gets ``NAME.json`` beside it).
+        extra_meta: merged into the JSON (e.g. ``class_names``, ``metrics``, ``dataset``, ``epoch``).
+            ``extra_meta["backbone_source"]`` is an alternative to the keyword below.
+        backbone_source: where the backbone weights came from (see :func:`describe_backbone`).
+        fingerprint: the backbone fingerprint when already computed (saves hashing the backbone again).
+    """
+    from safetensors.torch import save as save_bytes
+
+    model = _unwrap_model(model)
+    extra = dict(extra_meta or {})
+    recorded_source = extra.pop("backbone_source", None)
+    source = backbone_source or recorded_source
+    clash = [k for k in _RESERVED if k in extra]
+    if clash:
+        raise ValueError(f"extra_meta may not set the reserved keys {clash}.")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.trainable_state_dict().items()}
+    backbone = describe_backbone(model, source, fingerprint)
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "prompt_config": model.config.to_dict(),
+        "backbone": backbone,
+        "num_classes": int(model.num_classes),
+        "class_names": None,
+        "metrics": {},
+        "trainable_keys": sorted(tensors),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    meta.update(extra)
+    meta_text = json.dumps(meta, default=_json_default)
+    payload = save_bytes(tensors, metadata={META_KEY: meta_text})
+    weights_path, json_path = checkpoint_files(path_or_dir)
+    atomic_write(weights_path, lambda f: f.write(payload))
+    atomic_write_json(json_path, json.loads(meta_text))
+    return weights_path
+
+
+# ------------------------------------------------------------------------------------------ load
+def _missing(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"No {what} at {path}: the path does not exist. Pass the directory written by `tcpa-viz train` "
+        f"(it holds {WEIGHTS_FILE} and {META_FILE}) or the .safetensors file itself."
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint's tensors and JSON description without building a model.
+
+    Raises CheckpointError when the file is missing, truncated, corrupt or not a tcpa checkpoint.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    weights_path, _ = checkpoint_files(path)
+    if not weights_path.is_file():
+        raise _missing(weights_path if Path(path).exists() else Path(path), "checkpoint")
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"The checkpoint {weights_path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+            "Re-run training or restore the file from a backup."
+        ) from exc
+    meta = _parse_meta(header.get(META_KEY), weights_path)
+    missing = sorted(set(meta.get("trainable_keys", [])) - set(tensors))
+    if missing:
+        raise CheckpointError(f"The checkpoint {weights_path} is incomplete: tensors {missing[:4]} are missing.")
+    return tensors, meta
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Only the JSON description (cheap: reads the safetensors header, not the tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights_path, _ = checkpoint_files(path)
+    if not weights_path.is_file():
+        raise _missing(weights_path if Path(path).exists() else Path(path), "checkpoint")
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"The checkpoint {weights_path} is corrupt or truncated ({exc}).") from exc
+    return _parse_meta(header.get(META_KEY), weights_path)
+
+
+def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
+    if not text:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a tcpa-viz checkpoint (no '{META_KEY}' metadata). Backbone "
+            "weight files go to --checkpoint, prompt checkpoints to --model."
+        )
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"The checkpoint {path} has unreadable metadata ({exc}).") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tcpa-viz checkpoint (format {meta.get('format')!r}).")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer tcpa-viz (format {meta['format_version']}); upgrade tcpa-viz."
+        )
+    return meta
+
+
+def _build(meta: dict[str, Any], backbone: str | nn.Module | None, checkpoint: str | Path | None,
+           pretrained: bool | None) -> nn.Module:
+    import timm
+
+    from .model import build_model
+
+    cfg = PromptConfig.from_dict(meta["prompt_config"])
+    num_classes = int(meta["num_classes"])
+    info = meta.get("backbone", {})
+    if isinstance(backbone, nn.Module):
+        return build_model(backbone, cfg, num_classes=num_classes, checkpoint=checkpoint)
+    name = backbone or info.get("name")
+    same_name = name == info.get("name")
+    if not name or not timm.is_model(name):
+        raise BackboneMismatchError(
+            f"This checkpoint was trained on a custom backbone {info.get('name')!r} that cannot be rebuilt by "
+            "name (fingerprint " f"{str(info.get('fingerprint', ''))[:12]}); pass the backbone module itself "
+            "(load_checkpoint(path, backbone=vit)) or a timm model name with --backbone/--checkpoint."
+        )
+    weights = checkpoint
+    if weights is None and same_name and info.get("weights") and Path(info["weights"]).is_file():
+        weights = info["weights"]
+    if pretrained is None:
+        if weights is not None:
+            pretrained = False
+        elif name == DEMO_BACKBONE:
+            pretrained = True
+        else:
+            pretrained = bool(info.get("pretrained", False)) and same_name
+    kwargs = dict(info.get("kwargs") or {}) if same_name else {}
+    return build_model(name, cfg, num_classes=num_classes, pretrained=pretrained, checkpoint=weights, **kwargs)
+
+
+def load_checkpoint(
+    path: str | Path,
+    backbone: str | nn.Module | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Rebuild the ``PromptedViT`` saved at ``path`` and load its trained tensors.
+
+    The backbone is rebuilt from the name in the checkpoint (``tcpa_demo_vit`` loads the shipped weights
+    offline; a local weight file recorded at training time is reused when it still exists), or from
+    ``backbone`` (a timm name or a timm ViT instance, which is wrapped in place) and ``checkpoint``
+    (a backbone weight file). The backbone's fingerprint must equal the one recorded at training time.
+
+    The returned model is in eval mode and carries the JSON description as ``model.checkpoint_meta``.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt checkpoint, or tensors that do not fit.
+        BackboneMismatchError: the backbone differs from the one the checkpoint was trained on.
+    """
+    tensors, meta = read_checkpoint(path)
+    info = meta.get("backbone", {})
+    model = _build(meta, backbone, checkpoint, pretrained)
+    expected = info.get("fingerprint")
+    actual = backbone_fingerprint(model.backbone)
+    if expected and actual != expected:
+        given = backbone if isinstance(backbone, str) else (
+            type(backbone).__name__ if backbone is not None else info.get("name"))
+        weights = f" with weights {checkpoint}" if checkpoint else ""
+        trained_weights = f" with weights {info['weights']}" if info.get("weights") else (
+            " with timm pretrained weights" if info.get("pretrained") else "")
+        random_init = not info.get("weights") and not info.get("pretrained") and \
+            info.get("name") != DEMO_BACKBONE and backbone is None and checkpoint is None
+        hint = (" It was trained on a randomly initialised backbone, which cannot be rebuilt by name; pass "
+                "the backbone module itself.") if random_init else ""
+        raise BackboneMismatchError(
+            f"This checkpoint was trained on backbone {info.get('name')!r}{trained_weights} (fingerprint "
+            f"{expected[:12]}), you gave {given!r}{weights} (fingerprint {actual[:12]}); pass "
+            f"--backbone/--checkpoint of {info.get('name')!r} (the same weights it was trained with).{hint}"
+        )
+    model.load_trainable_state_dict(tensors)
+    model.checkpoint_meta = meta
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------ training state
+def save_training_state(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write the resume state (tensors, numbers, strings, lists, dicts) atomically with ``torch.save``."""
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a state written by :func:`save_training_state` (``weights_only=True``: no arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No training state at {path}; train without --resume to start from scratch.")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refused to load the training state {path}: it holds arbitrary pickled objects."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"The training state {path} is corrupt or truncated ({type(exc).__name__}); delete it and train "
+            "again without --resume."
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"The training state {path} is not a dictionary.")
+    return state
+
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "atomic_write", "atomic_write_json",
+    "checkpoint_files", "describe_backbone", "load_checkpoint", "load_training_state", "read_checkpoint",
+    "read_checkpoint_meta", "save_checkpoint", "save_training_state",
+]

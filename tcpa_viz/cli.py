@@ -1,0 +1,479 @@
+"""The ``tcpa-viz`` command line: ``train``, ``eval`` and ``demo`` (more sub-commands register themselves
+the same way: one function decorated with :func:`command` that adds its parser and sets ``func``).
+
+Errors raised on purpose (:class:`tcpa_core.errors.TCPAError`) and bad arguments print one line
+``error: ...`` and exit with status 2. Every command also runs under
+``torchrun --nproc_per_node=N -m tcpa_viz.cli ...`` (DistributedDataParallel; rank 0 writes and prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from tcpa_core.backbone import DEMO_BACKBONE
+from tcpa_core.config import METHODS, PromptConfig
+from tcpa_core.distributed import cleanup_distributed, derive_seed, init_distributed, is_main_process
+from tcpa_core.errors import CheckpointError, DatasetError, TCPAError
+
+Register = Callable[[argparse._SubParsersAction], None]
+COMMANDS: list[Register] = []
+
+DEMO_METHODS = ("vpt-deep", "tcpa")
+NO_FLIP_DATASETS = ("digits", "svhn", "gtsrb")
+
+
+def command(register: Register) -> Register:
+    """Decorator: ``register(subparsers)`` adds one sub-command (its parser calls ``set_defaults(func=...)``,
+    where ``func(args) -> int`` is the exit status)."""
+    COMMANDS.append(register)
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _say(*parts: Any) -> None:
+    if is_main_process():
+        print(*parts, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ shared args
+def _add_backbone_args(p: argparse.ArgumentParser, default: str | None = DEMO_BACKBONE) -> None:
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", default=default, metavar="NAME",
+                   help=f"timm ViT name (default: {default or 'the one recorded in the checkpoint'}); "
+                        f"{DEMO_BACKBONE} ships its own weights and works offline")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="local backbone weights (.pth/.pt/.safetensors/.npz) for --backbone")
+    g.add_argument("--pretrained", action="store_true",
+                   help="download timm's pretrained weights for --backbone (needs internet)")
+    g.add_argument("--backbone-kwargs", metavar="JSON", type=_json_object,
+                   help='extra timm.create_model arguments, e.g. \'{"img_size": 384}\'')
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    from tcpa_core.data.datasets import DATASET_NAMES
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default, metavar="NAME",
+                   help=f"one of {', '.join(DATASET_NAMES)} (default: {default or 'the training dataset'})")
+    g.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (not needed for digits)")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training set held out for validation where a dataset has no val split")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the train/val carving and digit rendering")
+    g.add_argument("--image-dir", metavar="DIR", help="vpt-json: folder the JSON image paths are relative to")
+    g.add_argument("--samples-per-digit", type=int, help="digits: renderings per source digit (default 1)")
+    g.add_argument("--max-samples", type=int, metavar="N",
+                   help="use a seeded random subset of at most N samples per split (quick runs)")
+    g.add_argument("--num-workers", type=int, default=0, help="data loading processes (default 0)")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompts (defaults: the authors' scripts)")
+    g.add_argument("--method", choices=METHODS, default="tcpa")
+    g.add_argument("--cls-pool-size", type=int)
+    g.add_argument("--image-pool-size", type=int)
+    g.add_argument("--cls-topk", type=int)
+    g.add_argument("--image-topk", type=int)
+    g.add_argument("--prompt-length", type=int)
+    g.add_argument("--num-prompts", type=int, help="prompts per layer for vpt-shallow/vpt-deep/vfpt")
+    g.add_argument("--fourier", action="store_true", default=None, help="VFPT+TCPA (tcpa/r-tcpa)")
+    g.add_argument("--fourier-fraction", type=float)
+    g.add_argument("--input-prompt", choices=("pad", "conv"), help="add an input-space prompt (VP)")
+    g.add_argument("--prompt-dropout", type=float)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: tcpa_core.train.TrainConfig)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--random-epochs", type=int, help="epochs of random prompt selection (TCPA warm-up)")
+    g.add_argument("--pool-loss-weight", type=float)
+    g.add_argument("--mixup", dest="mixup_alpha", type=float, help="mixup alpha (0 = off)")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument("--no-augment", action="store_true", help="no random crops/flips on the training split")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object like '{\"img_size\": 384}'")
+    return value
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _prompt_config(args: argparse.Namespace) -> PromptConfig:
+    names = ("cls_pool_size", "image_pool_size", "cls_topk", "image_topk", "prompt_length", "num_prompts",
+             "fourier", "fourier_fraction", "input_prompt", "prompt_dropout")
+    return PromptConfig(method=args.method, **_given(args, names))
+
+
+def _train_config(args: argparse.Namespace, **defaults: Any) -> Any:
+    from tcpa_core.train import TrainConfig
+
+    names = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "random_epochs",
+             "pool_loss_weight", "mixup_alpha", "label_smoothing", "grad_clip", "seed", "device")
+    values = {**defaults, **_given(args, names), "num_workers": args.num_workers,
+              "progress": not args.no_progress}
+    return TrainConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------ model + data
+def _backbone_source(args: argparse.Namespace) -> dict[str, Any]:
+    weights = Path(args.checkpoint).expanduser().resolve() if args.checkpoint else None
+    pretrained = bool(args.pretrained) or (args.backbone == DEMO_BACKBONE and weights is None)
+    return {"name": args.backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
+            "kwargs": dict(args.backbone_kwargs or {})}
+
+
+def _build_model(source: dict[str, Any], cfg: PromptConfig, num_classes: int) -> torch.nn.Module:
+    from tcpa_core.model import build_model
+
+    name = source["name"]
+    if not source["pretrained"] and not source["weights"]:
+        logging.getLogger(__name__).warning(
+            "warning: backbone %s has random weights; pass --checkpoint FILE or --pretrained", name)
+    try:
+        return build_model(name, cfg, num_classes=num_classes, pretrained=source["pretrained"],
+                           checkpoint=source["weights"], **source["kwargs"])
+    except TCPAError:
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        if source["pretrained"] and name != DEMO_BACKBONE:
+            raise CheckpointError(
+                f"Could not get timm's pretrained weights for {name} ({type(exc).__name__}: {exc}); without "
+                "internet, download them elsewhere and pass the file with --checkpoint FILE."
+            ) from exc
+        raise
+
+
+def _dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
+    options = _given(args, ("samples_per_digit",)) if args.dataset == "digits" else {}
+    if args.image_dir:
+        options["image_dir"] = args.image_dir
+    root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
+    return {"name": args.dataset, "root": root, "val_fraction": args.val_fraction, "seed": args.data_seed,
+            "options": options, "max_samples": args.max_samples}
+
+
+def _open_split(spec: dict[str, Any], split: str, transform: Callable[..., Any] | None) -> Dataset:
+    from tcpa_core.data.datasets import build_dataset
+
+    data = build_dataset(spec["name"], spec.get("root"), split, transform,
+                         val_fraction=spec.get("val_fraction", 0.1), seed=spec.get("seed", 0),
+                         **spec.get("options", {}))
+    limit = spec.get("max_samples")
+    if limit is not None and limit < len(data):
+        if limit < 1:
+            raise DatasetError(f"--max-samples must be >= 1, got {limit}.")
+        generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+        keep = sorted(torch.randperm(len(data), generator=generator)[:limit].tolist())
+        subset = Subset(data, keep)
+        subset.classes = list(getattr(data, "classes", []))
+        return subset
+    return data
+
+
+def _set_transform(data: Dataset, transform: Callable[..., Any]) -> Dataset:
+    (data.dataset if isinstance(data, Subset) else data).transform = transform
+    return data
+
+
+def _transforms(model: torch.nn.Module, dataset: str, augment: bool) -> tuple[Callable, Callable]:
+    from tcpa_core.data import build_transforms
+
+    cfg = {**model.data_config, "input_size": (3, *model.backbone.patch_embed.img_size)}
+    eval_tf = build_transforms(cfg, train=False)
+    if not augment or dataset == "digits":
+        return eval_tf, eval_tf
+    return build_transforms(cfg, train=True, hflip=dataset not in NO_FLIP_DATASETS), eval_tf
+
+
+def _resolve_model_dir(path: str) -> Path:
+    from tcpa_core.checkpoint import WEIGHTS_FILE
+    from tcpa_core.train import BEST_DIR
+
+    p = Path(path).expanduser()
+    if p.is_dir() and not (p / WEIGHTS_FILE).is_file() and (p / BEST_DIR / WEIGHTS_FILE).is_file():
+        return p / BEST_DIR
+    if not p.exists():
+        raise CheckpointError(f"No checkpoint at {p}: the path does not exist; pass the --out folder of "
+                              "`tcpa-viz train` (its best/ checkpoint is used) or a checkpoint folder.")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ train
+def _run_train(args: argparse.Namespace) -> int:
+    from tcpa_core.train import train
+
+    spec = _dataset_spec(args)
+    train_set = _open_split(spec, "train", None)
+    classes = list(getattr(train_set, "classes", []))
+    if not classes:
+        raise DatasetError(f"Dataset {args.dataset!r} reports no classes.")
+    source = _backbone_source(args)
+    cfg = _train_config(args)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = _build_model(source, _prompt_config(args), len(classes))
+    train_tf, eval_tf = _transforms(model, args.dataset, not args.no_augment)
+    train_set, val_set = _set_transform(train_set, train_tf), _open_split(spec, "val", eval_tf)
+    out = Path(args.out)
+    meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
+    _say(f"training {model.config.method} on {args.dataset} ({len(train_set)} train / {len(val_set)} val "
+         f"images, {len(classes)} classes) with backbone {source['name']}; outputs in {out}")
+    summary = train(model, train_set, val_set, cfg, out, resume=args.resume, meta=meta)
+    acc = summary["best_val_acc"]
+    _say(f"done: best val accuracy {100 * acc:.2f}% at epoch {summary['best_epoch']}, "
+         f"{summary['seconds_per_epoch']:.1f} s/epoch; best checkpoint {summary['best_checkpoint']}")
+    _say(f"evaluate on the test split with: tcpa-viz eval --model {out}")
+    return 0
+
+
+@command
+def _train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="prompt-tune a frozen ViT on a dataset",
+                       description="Prompt-tune a frozen ViT; model selection on the validation split.")
+    _add_backbone_args(p)
+    _add_data_args(p)
+    _add_prompt_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.set_defaults(func=_run_train)
+
+
+# ------------------------------------------------------------------------------------------ eval
+def _run_eval(args: argparse.Namespace) -> int:
+    from tcpa_core.checkpoint import load_checkpoint, read_checkpoint_meta
+    from tcpa_core.train import evaluate, resolve_device
+
+    path = _resolve_model_dir(args.model)
+    meta = read_checkpoint_meta(path)
+    backbone = args.backbone
+    weights = Path(args.checkpoint).expanduser() if args.checkpoint else None
+    model = load_checkpoint(path, backbone=backbone, checkpoint=weights,
+                            pretrained=True if args.pretrained else None,
+                            device=resolve_device(args.device or "auto"))
+    if args.dataset:
+        spec = _dataset_spec(args)
+    elif meta.get("dataset"):
+        spec = {**meta["dataset"], "max_samples": args.max_samples}
+    else:
+        raise DatasetError("This checkpoint does not record its dataset; pass --dataset (and --data-root).")
+    _, eval_tf = _transforms(model, spec["name"], augment=False)
+    data = _open_split(spec, args.split, eval_tf)
+    result = evaluate(model, data, args.batch_size, return_predictions=False, num_workers=args.num_workers,
+                      progress=not args.no_progress)
+    report = {"checkpoint": str(path), "dataset": spec["name"], "split": args.split,
+              "method": model.config.method, **result.to_dict()}
+    _say(f"{model.config.method} on {spec['name']}/{args.split}: accuracy {100 * result.accuracy:.2f}% "
+         f"({result.num_samples} images), loss {result.loss:.4f}")
+    if args.json:
+        from tcpa_core.checkpoint import atomic_write_json
+
+        if is_main_process():
+            atomic_write_json(args.json, report)
+        _say(f"wrote {args.json}")
+    return 0
+
+
+@command
+def _eval_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained checkpoint on a dataset split",
+                       description="Evaluate a checkpoint (default: on the test split of its training dataset).")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="checkpoint folder, or a `tcpa-viz train --out` folder (uses its best/)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    _add_backbone_args(p, default=None)
+    _add_data_args(p, default=None)
+    p.set_defaults(func=_run_eval)
+
+
+# ------------------------------------------------------------------------------------------ demo
+def _demo_train_config(args: argparse.Namespace) -> Any:
+    from tcpa_core.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                       warmup_epochs=args.warmup_epochs, random_epochs=args.random_epochs, seed=args.seed,
+                       num_workers=args.num_workers, progress=not args.no_progress)
+
+
+def _demo_prompt_config(args: argparse.Namespace, method: str) -> PromptConfig:
+    if method == "tcpa":
+        return PromptConfig(method="tcpa", cls_pool_size=args.cls_pool_size, image_pool_size=args.image_pool_size,
+                            cls_topk=args.cls_topk, image_topk=args.image_topk, prompt_length=1)
+    return PromptConfig(method=method, num_prompts=args.num_prompts)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from tcpa_core.checkpoint import atomic_write_json, load_checkpoint
+    from tcpa_core.train import evaluate, resume_status, train
+
+    out = Path(args.out)
+    spec = {"name": "digits", "root": None, "val_fraction": 0.1, "seed": args.data_seed,
+            "options": {"samples_per_digit": args.samples_per_digit}, "max_samples": args.max_samples}
+    source = {"name": DEMO_BACKBONE, "pretrained": True, "weights": None, "kwargs": {}}
+    cfg = _demo_train_config(args)
+    splits: dict[str, Dataset] = {}
+    methods: dict[str, Any] = {}
+    for method in args.methods:
+        if not splits:
+            splits["train"] = _open_split(spec, "train", None)
+        classes = list(splits["train"].classes)
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = _build_model(source, _demo_prompt_config(args, method), len(classes))
+        if "val" not in splits:
+            _, eval_tf = _transforms(model, "digits", augment=False)
+            _set_transform(splits["train"], eval_tf)
+            for split in ("val", "test"):
+                splits[split] = _open_split(spec, split, eval_tf)
+        train_set, val_set = splits["train"], splits["val"]
+        run_dir = out / method
+        meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
+        status = "none" if args.force else resume_status(run_dir, model, train_set, val_set, cfg, meta)
+        if status == "finished":
+            _say(f"[{method}] reusing the finished checkpoint in {run_dir} (same configuration)")
+        else:
+            _say(f"[{method}] training for {cfg.epochs} epochs on {len(train_set)} digits -> {run_dir}")
+        summary = train(model, train_set, val_set, cfg, run_dir, resume=status in ("finished", "resumable"),
+                        meta=meta)
+        best = load_checkpoint(run_dir / "best", backbone=DEMO_BACKBONE)
+        test = evaluate(best, splits["test"], batch_size=2 * cfg.batch_size,
+                        num_workers=args.num_workers)
+        methods[method] = {
+            "test_acc": test.accuracy,
+            "test_samples": test.num_samples,
+            "best_val_acc": summary["best_val_acc"],
+            "best_epoch": summary["best_epoch"],
+            "seconds_per_epoch": summary["seconds_per_epoch"],
+            "total_train_seconds": summary["total_train_seconds"],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "checkpoint": str(run_dir / "best"),
+            "run_dir": str(run_dir),
+            "cached": status == "finished",
+            "prompt_config": model.config.to_dict(),
+        }
+        _say(f"[{method}] test accuracy {100 * test.accuracy:.2f}% (best val {100 * summary['best_val_acc']:.2f}% "
+             f"at epoch {summary['best_epoch']}), {summary['seconds_per_epoch']:.1f} s/epoch")
+    summary_path = out / "summary.json"
+    if is_main_process():
+        atomic_write_json(summary_path, {
+            "task": "digits on clutter (scikit-learn digits), selection on val, accuracy on test",
+            "backbone": DEMO_BACKBONE,
+            "dataset": spec,
+            "train_config": cfg.to_dict(),
+            "methods": methods,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    _say(f"\nDemo outputs are in {out}/ (checkpoints in {out}/<method>/best, summary in {summary_path}).")
+    _say("Open the dashboard on them with: tcpa-viz app")
+    return 0
+
+
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+@command
+def _demo_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train VPT-deep and TCPA on the digits demo task with the demo backbone",
+                       description="Prompt-tune VPT-deep and TCPA on digits-on-clutter with the shipped demo "
+                                   "backbone, select by val, evaluate on test, write demo_out/summary.json. "
+                                   "Finished runs with the same configuration are reused.")
+    p.add_argument("--out", default="demo_out", metavar="DIR")
+    p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
+                   help=f"comma-separated methods (default {','.join(DEMO_METHODS)})")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--random-epochs", type=int, default=1)
+    p.add_argument("--cls-pool-size", type=int, default=18)
+    p.add_argument("--image-pool-size", type=int, default=18)
+    p.add_argument("--cls-topk", type=int, default=10)
+    p.add_argument("--image-topk", type=int, default=10)
+    p.add_argument("--num-prompts", type=int, default=10, help="VPT-deep prompts per layer")
+    p.add_argument("--samples-per-digit", type=int, default=1)
+    p.add_argument("--max-samples", type=int, metavar="N", help="at most N samples per split (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="retrain even when finished checkpoints exist")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_demo)
+
+
+# ------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tcpa-viz`` parser with every registered sub-command."""
+    parser = _Parser(prog="tcpa-viz", description="Token Coordinated Prompt Attention for timm ViTs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tcpa-viz``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        init_distributed()
+        _setup_logging()
+        return int(args.func(args) or 0)
+    except TCPAError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (training runs continue with --resume)", file=sys.stderr)
+        return 130
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
