@@ -1,0 +1,63 @@
+"""Write matplotlib or plotly figures to disk, choosing the format from the file extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tcpa_core.errors import TCPAError
+
+MATPLOTLIB_FORMATS: tuple[str, ...] = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps")
+PLOTLY_FORMATS: tuple[str, ...] = (".html", ".json")
+
+
+class FigureFormatError(TCPAError, ValueError):
+    """A figure cannot be written in the format its file extension asks for."""
+
+
+def is_plotly_figure(fig: Any) -> bool:
+    """True for a ``plotly.graph_objects.Figure`` (checked without importing plotly)."""
+    return type(fig).__module__.startswith("plotly.") and hasattr(fig, "write_html")
+
+
+def is_matplotlib_figure(fig: Any) -> bool:
+    """True for a ``matplotlib.figure.Figure``."""
+    from matplotlib.figure import Figure
+
+    return isinstance(fig, Figure)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path`` by extension and return the path (parent folders are created).
+
+    matplotlib figures: ``.png``, ``.pdf``, ``.svg``, ``.jpg``/``.jpeg``, ``.eps``, drawn with the Agg
+    family of renderers whatever the interactive backend is (``dpi`` applies to raster formats).
+    plotly figures: ``.html`` (plotly.js embedded, so the file works offline) or ``.json``. Static images
+    from plotly need the kaleido package, which this project does not ship: ask for ``.html`` or use the
+    matplotlib version of the plot for PNG/PDF/SVG.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if is_plotly_figure(fig):
+        if ext not in PLOTLY_FORMATS:
+            raise FigureFormatError(
+                f"cannot write a plotly figure as {ext or 'a file without extension'} ({path.name}): static "
+                "plotly export needs kaleido, which is not installed. Save it as .html (interactive, works "
+                "offline) or use the matplotlib version of this plot for PNG/PDF/SVG."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if ext == ".html":
+            fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+        else:
+            fig.write_json(str(path))
+        return path
+    if is_matplotlib_figure(fig):
+        if ext not in MATPLOTLIB_FORMATS:
+            raise FigureFormatError(
+                f"cannot write a matplotlib figure as {ext or 'a file without extension'} ({path.name}); "
+                f"use one of {', '.join(MATPLOTLIB_FORMATS)}, or the plotly version of the plot for .html."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(str(path), dpi=dpi, bbox_inches="tight")
+        return path
+    raise TypeError(f"save_figure takes a matplotlib or plotly figure, got {type(fig).__name__}")
