@@ -1,0 +1,388 @@
+"""Dashboard tests with ``streamlit.testing.v1.AppTest`` on tiny checkpoints written to a temporary folder."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from streamlit.testing.v1 import AppTest
+
+from tcpa_core import PromptConfig, build_model, capture
+from tcpa_core.checkpoint import save_checkpoint
+from tcpa_core.data import build_transforms
+from tcpa_core.data.digits import DigitsOnClutter
+from tcpa_core.weights_io import backbone_fingerprint, backbone_state
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "app" / "dashboard.py"
+DEMO_DIR_ENV = "TCPA_VIZ_DEMO_DIR"
+CHECKPOINTS_ENV = "TCPA_VIZ_CHECKPOINTS"
+THREADS_ENV = "TCPA_VIZ_THREADS"
+TINY_ARCH: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+TINY_POOLS = {"cls_pool_size": 6, "image_pool_size": 6, "cls_topk": 3, "image_topk": 3}
+DEMO_POOLS = {"cls_pool_size": 18, "image_pool_size": 18, "cls_topk": 10, "image_topk": 10}
+"""Pool sizes of ``make demo`` (the authors' defaults)."""
+DIGITS = {"name": "digits", "root": None, "seed": 0, "options": {}}
+TIMEOUT = 120
+
+
+def _backbone_file(model: torch.nn.Module, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in backbone_state(model.backbone).items()}, str(path))
+    return path
+
+
+def _save(model: torch.nn.Module, directory: Path, weights: Path, arch: dict[str, Any],
+          fingerprint: str | None = None) -> Path:
+    source = {"name": "tcpa_demo_vit", "pretrained": False, "weights": str(weights), "kwargs": arch}
+    meta = {"dataset": DIGITS, "class_names": [str(i) for i in range(10)], "metrics": {"val_acc": 0.5}, "epoch": 1}
+    save_checkpoint(model, directory, meta, backbone_source=source, fingerprint=fingerprint)
+    return directory
+
+
+def write_demo_dir(root: Path, arch: dict[str, Any] | None = None, pools: dict[str, int] | None = None,
+                   num_prompts: int = 4) -> Path:
+    """A ``demo_out``-like folder: ``tcpa/best`` and ``vpt-deep/best`` on one randomly initialised
+    ``tcpa_demo_vit`` (architecture ``arch``) whose weights are saved beside it, plus ``summary.json``."""
+    arch = dict(TINY_ARCH if arch is None else arch)
+    torch.manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
+    tcpa = build_model("tcpa_demo_vit", PromptConfig(method="tcpa", **(pools or TINY_POOLS)), num_classes=10,
+                       **arch)
+    weights = _backbone_file(tcpa, root / "backbone.safetensors")
+    vpt = build_model("tcpa_demo_vit", PromptConfig(method="vpt-deep", num_prompts=num_prompts), num_classes=10,
+                      checkpoint=weights, **arch)
+    demo = root / "demo_out"
+    _save(tcpa, demo / "tcpa" / "best", weights, arch)
+    _save(vpt, demo / "vpt-deep" / "best", weights, arch)
+    summary = {"methods": {"tcpa": {"checkpoint": "demo_out/tcpa/best", "test_acc": 0.25},
+                           "vpt-deep": {"checkpoint": "demo_out/vpt-deep/best", "test_acc": 0.2}}}
+    (demo / "summary.json").write_text(json.dumps(summary))
+    return demo
+
+
+def write_foreign_checkpoints(root: Path) -> tuple[Path, Path]:
+    """``(mismatched, other_backbone)``: a TCPA checkpoint whose recorded backbone fingerprint differs from the
+    backbone it names, and a VPT-deep checkpoint trained on a different backbone than the demo folder's."""
+    torch.manual_seed(1)
+    root.mkdir(parents=True, exist_ok=True)
+    arch = dict(TINY_ARCH, depth=3)
+    other = build_model("tcpa_demo_vit", PromptConfig(method="vpt-deep", num_prompts=4), num_classes=10, **arch)
+    weights = _backbone_file(other, root / "other_backbone.safetensors")
+    other_dir = _save(other, root / "other" / "vpt-deep", weights, arch)
+    tcpa = build_model("tcpa_demo_vit", PromptConfig(method="tcpa", **TINY_POOLS), num_classes=10, checkpoint=weights,
+                       **arch)
+    wrong = "0" * 64 if backbone_fingerprint(tcpa.backbone) != "0" * 64 else "1" * 64
+    mismatched = _save(tcpa, root / "mismatched" / "tcpa", weights, arch, fingerprint=wrong)
+    return mismatched, other_dir
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_dir(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_foreign_checkpoints(tmp_path_factory.mktemp("foreign"))
+
+
+def start(monkeypatch: pytest.MonkeyPatch, demo: Path, extra: str | None = None) -> AppTest:
+    """Run the dashboard on ``demo`` (and the ``extra`` checkpoints); it keeps this process's torch threads."""
+    monkeypatch.setenv(DEMO_DIR_ENV, str(demo))
+    monkeypatch.setenv(THREADS_ENV, str(torch.get_num_threads()))
+    if extra is None:
+        monkeypatch.delenv(CHECKPOINTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CHECKPOINTS_ENV, extra)
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def app(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    return start(monkeypatch, demo_dir)
+
+
+def texts(at: AppTest) -> str:
+    """Every markdown, caption, heading and alert text of the page, one per line."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [h.value for h in at.subheader]
+    parts += [a.value for kind in (at.error, at.warning, at.info) for a in kind]
+    return "\n".join(parts)
+
+
+def selection_line(at: AppTest) -> str:
+    lines = [m.value for m in at.markdown if "Image prompts selected by patch" in m.value]
+    assert len(lines) == 1, texts(at)
+    return lines[0]
+
+
+def expected_selection(demo: Path, index: int, row: int, col: int, layer: int) -> list[int]:
+    """The image-pool entries the TCPA checkpoint selects for one patch of test image ``index``."""
+    from tcpa_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(demo / "tcpa" / "best")
+    cfg = {**model.data_config, "input_size": (3, *model.backbone.patch_embed.img_size)}
+    image, _ = DigitsOnClutter(split="test", transform=build_transforms(cfg, train=False))[index]
+    with torch.no_grad(), capture(model, names=("image_assign",)) as cache:
+        model(image[None])
+    width = model.backbone.patch_embed.grid_size[1]
+    return cache["image_assign", layer][0, row * width + col].tolist()
+
+
+def weights_of(checkpoint_dir: Path) -> str:
+    """The value the model selectors use for a checkpoint folder (its weights file)."""
+    return str((checkpoint_dir / "model.safetensors").resolve())
+
+
+def app_module(name: str) -> ModuleType:
+    """Import a module of the ``app`` folder (it sits next to the installed packages, not inside them)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(name)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def test_main_view_renders_the_selection(app: AppTest) -> None:
+    assert not app.error, [e.value for e in app.error]
+    page = texts(app)
+    assert "Selected patch (2, 2) at layer 1" in page
+    assert "CLS prompts" in page
+    assert "TCPA (tcpa/best) predicts" in page and "Baseline (vpt-deep/best) predicts" in page
+    assert len(app.get("download_button")) >= 3
+    assert app.button(key="patch_3_3") is not None
+
+
+def test_script_has_no_stray_strings() -> None:
+    """Streamlit would print a bare string expression of the entry script into the page ("magic")."""
+    import ast
+
+    tree = ast.parse(DASHBOARD.read_text())
+    stray = [node.lineno for node in tree.body[1:]
+             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)]
+    assert not stray, f"bare strings at lines {stray} of {DASHBOARD.name}"
+
+
+def test_every_view_runs(app: AppTest) -> None:
+    app.radio(key="view").set_value("Attention").run()
+    app.toggle(key="att_3d").set_value(True).run()
+    app.toggle(key="att_raw").set_value(True).run()
+    app.selectbox(key="w_heads").set_value("1").run()
+    app.radio(key="att_query").set_value("cls").run()
+    assert not app.exception and not app.error
+    app.radio(key="view").set_value("Features (t-SNE)").run()
+    app.number_input(key="tsne_count").set_value(30).run()
+    app.button(key="tsne_run").click().run()
+    assert not app.exception and not app.error
+    assert len(app.dataframe) == 1
+    app.radio(key="view").set_value("Rank").run()
+    app.selectbox(key="rank_block").set_value("patches").run()
+    app.selectbox(key="rank_measure").set_value("stable_rank").run()
+    assert not app.exception and not app.error
+    app.radio(key="view").set_value("Models").run()
+    assert not app.exception and not app.error
+    table = app.dataframe[0].value
+    assert "trainable parameters" in table.index and "test accuracy" in table.index
+    assert list(table.loc["test accuracy"]) == ["20.00 %", "25.00 %"]
+
+
+def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> None:
+    before = selection_line(app)
+    app.button(key="patch_0_3").click().run()
+    assert "Selected patch (0, 3) at layer 1" in texts(app)
+    expected = expected_selection(demo_dir, 0, 0, 3, 1)
+    assert f"**{', '.join(map(str, expected))}**" in selection_line(app)
+    app.slider(key="w_layer").set_value(0).run()
+    after_layer = selection_line(app)
+    assert "Selected patch (0, 3) at layer 0" in texts(app)
+    assert f"**{', '.join(map(str, expected_selection(demo_dir, 0, 0, 3, 0)))}**" in after_layer
+    app.number_input(key="w_patch_row").set_value(3).run()
+    app.number_input(key="w_patch_col").set_value(1).run()
+    assert "Selected patch (3, 1) at layer 0" in texts(app)
+    assert f"**{', '.join(map(str, expected_selection(demo_dir, 0, 3, 1, 0)))}**" in selection_line(app)
+    assert len({before, after_layer, selection_line(app)}) == 3
+    app.radio(key="view").set_value("Attention").run()
+    assert app.slider(key="w_layer").value == 0
+    assert "patch (3, 1)" in app.radio(key="att_query").options[0]
+
+
+def test_choosing_another_test_image(app: AppTest) -> None:
+    app.number_input(key="image_index").set_value(7).run()
+    assert not app.exception
+    assert "test image 7" in texts(app)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    at.radio(key="image_source").set_value("upload").run()
+    at.file_uploader(key="image_upload").set_value((name, data, mime)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_upload_that_is_not_an_image(app: AppTest) -> None:
+    upload(app, "notes.txt", b"just some text, not pixels", "text/plain")
+    errors = " ".join(e.value for e in app.error)
+    assert "notes.txt" in errors and "not an image" in errors
+    assert "Selected patch" in texts(app)
+
+
+def test_decompression_bomb_upload(app: AppTest) -> None:
+    upload(app, "bomb.png", _png(Image.new("1", (9000, 6000))), "image/png")
+    errors = " ".join(e.value for e in app.error)
+    assert "bomb.png" in errors and "9000x6000" in errors and "limit" in errors
+    assert "Selected patch" in texts(app)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_grayscale_and_rgba_uploads_are_converted(app: AppTest, mode: str) -> None:
+    image = Image.new(mode, (50, 40), 128 if mode == "L" else (200, 30, 30, 90))
+    upload(app, f"picture_{mode}.png", _png(image), "image/png")
+    assert not app.error, [e.value for e in app.error]
+    warnings = " ".join(w.value for w in app.warning)
+    assert f"converted the {mode} image to RGB" in warnings and "resized from 50x40" in warnings
+    assert f"picture_{mode}.png" in texts(app) and "Selected patch" in texts(app)
+
+
+def test_checkpoint_for_another_backbone(app: AppTest, demo_dir: Path, foreign: tuple[Path, Path]) -> None:
+    mismatched, _ = foreign
+    app.text_input(key="checkpoint_path").input(str(mismatched)).run()
+    app.button(key="add_checkpoint").click().run()
+    assert not app.exception
+    errors = " ".join(e.value for e in app.error)
+    assert "Could not load" in errors and "fingerprint" in errors
+    app.selectbox(key="tcpa_checkpoint").select(weights_of(demo_dir / "tcpa" / "best")).run()
+    assert not app.exception and not app.error
+    assert "Selected patch" in texts(app)
+
+
+def test_baseline_on_another_backbone_is_left_out(demo_dir: Path, foreign: tuple[Path, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, other = foreign
+    at = start(monkeypatch, demo_dir, extra=str(other))
+    at.selectbox(key="baseline_checkpoint").select(weights_of(other)).run()
+    assert not at.exception
+    assert "Cannot compare these models" in " ".join(e.value for e in at.error)
+    predictions = [c.value for c in at.caption if "predicts" in c.value]
+    assert "Selected patch" in texts(at) and "Baseline" not in predictions[0]
+
+
+def test_missing_checkpoint_path(app: AppTest, tmp_path: Path) -> None:
+    app.text_input(key="checkpoint_path").input(str(tmp_path / "nowhere")).run()
+    app.button(key="add_checkpoint").click().run()
+    assert not app.exception
+    assert "does not exist" in " ".join(e.value for e in app.error)
+    assert "Selected patch" in texts(app)
+
+
+def test_no_demo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = start(monkeypatch, tmp_path / "demo_out")
+    warnings = " ".join(w.value for w in at.warning)
+    assert "No checkpoints found" in warnings and "make demo" in warnings
+
+
+# ------------------------------------------------------------------------------------------ exports
+def test_export_builders(demo_dir: Path) -> None:
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+    export = app_module("app.export")
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    assert export.png_bytes(lambda: figure).startswith(b"\x89PNG")
+    assert "plotly" in export.html_text(go.Figure(go.Bar(y=[1, 2])))
+    loading = app_module("app.loading")
+    from tcpa_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(demo_dir / "tcpa" / "best")
+    with torch.no_grad(), capture(model, names=("cls_assign", "image_assign")) as cache:
+        model(torch.zeros(2, 3, 32, 32))
+    csv = loading.assignments_csv(cache.layout, {l: cache["cls_assign", l] for l in range(2)},
+                                  {l: cache["image_assign", l] for l in range(2)}, ["a", "b"]).decode()
+    lines = csv.strip().splitlines()
+    assert lines[0].startswith("layer,image,token")
+    assert len(lines) == 1 + 2 * 2 * (1 + 16)
+
+
+def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = app_module("app.export")
+    original = export.export_bar
+    shown: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+
+    def recording(figures: list[Any], key: str, stem: str, csv: dict[str, Any] | None = None) -> None:
+        shown[key] = (list(figures), dict(csv or {}))
+        original(figures, key, stem, csv)
+
+    for name in ("app.views.selection", "app.views.attention", "app.views.features", "app.views.rank"):
+        monkeypatch.setattr(app_module(name), "export_bar", recording)
+    app.run()
+    app.radio(key="view").set_value("Attention").run()
+    app.toggle(key="att_3d").set_value(True).run()
+    app.radio(key="view").set_value("Rank").run()
+    app.radio(key="view").set_value("Features (t-SNE)").run()
+    app.number_input(key="tsne_count").set_value(20).run()
+    app.button(key="tsne_run").click().run()
+    assert not app.exception
+    assert set(shown) == {"sel_export", "att_export", "rank_export", "tsne_export"}
+    names = [f.name for figures, _ in shown.values() for f in figures]
+    assert len(names) >= 14, names
+    for figures, tables in shown.values():
+        for figure in figures:
+            assert export.png_bytes(figure.matplotlib, dpi=50).startswith(b"\x89PNG"), figure.name
+            assert export.html_text(figure.plotly).rstrip().endswith("</html>"), figure.name
+        for _, build in tables.values():
+            assert build().startswith(b"layer,image,token,query_index,pool,selected")
+
+
+def test_launch_command_reaches_the_dashboard_options() -> None:
+    launch = app_module("app.launch")
+    cmd = launch.streamlit_command(8600, "somewhere", ["a", "b"], address="127.0.0.1")
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == DASHBOARD
+    assert cmd[cmd.index("--server.port") + 1] == "8600" and cmd[cmd.index("--server.headless") + 1] == "true"
+    options = cmd[cmd.index("--") + 1:]
+    assert options == ["--demo-dir", "somewhere", "--checkpoint", "a", "--checkpoint", "b"]
+    args = app_module("app.dashboard").parse_args(options)
+    assert args.demo_dir == "somewhere" and args.checkpoint == ["a", "b"]
+    assert "--" not in launch.streamlit_command(None)
+
+
+# ------------------------------------------------------------------------------------------ latency
+@pytest.mark.slow
+def test_warm_latency_on_a_demo_sized_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm script reruns after a patch or layer change on the demo architecture (64 px, 8x8 grid, depth 6,
+    width 192, pools 18/18 with top-10) stay within 2 s."""
+    demo = write_demo_dir(tmp_path, arch={}, pools=DEMO_POOLS, num_prompts=10)
+    at = start(monkeypatch, demo)
+    at.button(key="patch_0_0").click().run()
+    timings = []
+    for r, c in [(1, 2), (5, 6), (7, 0)]:
+        started = time.perf_counter()
+        at.button(key=f"patch_{r}_{c}").click().run()
+        timings.append(time.perf_counter() - started)
+        assert f"Selected patch ({r}, {c})" in texts(at)
+    for layer in (0, 3, 5):
+        started = time.perf_counter()
+        at.slider(key="w_layer").set_value(layer).run()
+        timings.append(time.perf_counter() - started)
+        assert f"at layer {layer}" in texts(at)
+    assert not at.exception
+    print(f"warm rerun latency: median {statistics.median(timings):.3f} s, max {max(timings):.3f} s")
+    assert max(timings) <= 2.0, timings

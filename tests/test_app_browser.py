@@ -1,0 +1,171 @@
+"""Real-browser test of the dashboard: the server on a free localhost port, headless Chromium via Playwright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_app import DEMO_POOLS, ROOT, write_demo_dir
+
+CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
+CHROMIUM_DEFAULT = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 60
+STEP_TIMEOUT_MS = 60_000
+
+
+def chromium_path() -> str:
+    """The Chromium executable (``$TCPA_VIZ_CHROMIUM`` or the Debian package's)."""
+    return os.environ.get(CHROMIUM_ENV, CHROMIUM_DEFAULT)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the dashboard server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    pytest.fail(f"the dashboard did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """Start ``app/launch.py`` on a free port (own process group) and stop it, whatever happens. The
+    checkpoints have the demo architecture (``tcpa_demo_vit``: 64 px, 8x8 patches, depth 6) with random
+    weights, so the timings are those of the demo models."""
+    demo = write_demo_dir(tmp_path / "fixtures", arch={}, pools=DEMO_POOLS, num_prompts=10)
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("TCPA_VIZ_DEMO_DIR", "TCPA_VIZ_CHECKPOINTS")}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app" / "launch.py"), "--port", str(port), "--address", HOST,
+             "--demo-dir", str(demo)],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        url = f"http://{HOST}:{port}"
+        wait_until_healthy(url, process, log)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+
+
+def download_png(page: Any, idle: str) -> tuple[str, bytes]:
+    """Press the PNG export button; returns the file's suggested name and its bytes.
+
+    Export files are produced on demand by callables that every script run registers anew, so a press that
+    races the last rerun's update of the page can name a callable that is already gone: the page is let
+    settle first and the press is repeated once.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def press() -> tuple[str, bytes]:
+        page.wait_for_timeout(1000)
+        page.wait_for_function(idle)
+        with page.expect_download(timeout=20_000) as download:
+            page.locator(".st-key-sel_export_png button").click()
+        return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+
+    try:
+        return press()
+    except PlaywrightTimeout:
+        return press()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_click_a_patch_in_a_real_browser(server: str, tmp_path: Path) -> None:
+    if not Path(chromium_path()).is_file():
+        pytest.skip(f"no Chromium at {chromium_path()} (install the Debian package `chromium` or set {CHROMIUM_ENV})")
+    from playwright.sync_api import sync_playwright
+
+    screenshot = tmp_path / "dashboard.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1500}, accept_downloads=True)
+        try:
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(server, wait_until="domcontentloaded")
+            page.get_by_text("Selected patch (4, 4) at layer 5").wait_for(timeout=90_000)
+
+            idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+            latencies = []
+            for step, (row, col) in enumerate([(1, 3), (6, 0), (0, 7), (5, 2)]):
+                started = time.perf_counter()
+                page.locator(f".st-key-patch_{row}_{col} button").click()
+                page.get_by_text(f"Selected patch ({row}, {col}) at layer 5").wait_for()
+                page.wait_for_function(idle)
+                if step:
+                    latencies.append(time.perf_counter() - started)
+                assert page.get_by_text(f"Image prompts selected by patch ({row}, {col}) at layer 5").is_visible()
+                assert page.locator(f".st-key-patch_{row}_{col} button[kind='primary']").count() == 1
+
+            slider = page.locator(".st-key-w_layer input[type=range]")
+            layer_latencies = []
+            for layer in (4, 3, 2):
+                started = time.perf_counter()
+                slider.focus()
+                page.keyboard.press("ArrowLeft")
+                page.get_by_text(f"Selected patch (5, 2) at layer {layer}").wait_for()
+                page.wait_for_function(idle)
+                if layer < 4:
+                    layer_latencies.append(time.perf_counter() - started)
+            slider.focus()
+            page.keyboard.press("End")
+            page.get_by_text("Selected patch (5, 2) at layer 5").wait_for()
+            page.wait_for_function(idle)
+
+            chart = page.locator(".st-key-grid_chart .nsewdrag").first
+            box = chart.bounding_box()
+            assert box is not None
+            x, y = box["x"] + box["width"] * 3.5 / 8, box["y"] + box["height"] * 2.5 / 8
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            page.get_by_text("Selected patch (2, 3) at layer 5").wait_for()
+            page.wait_for_function(idle)
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(screenshot))
+
+            name, png = download_png(page, idle)
+            assert name.endswith(".png") and png.startswith(b"\x89PNG")
+        except Exception as exc:
+            failure = tmp_path / "failure.png"
+            page.screenshot(path=str(failure))
+            log = (tmp_path / "server.log").read_text()[-3000:]
+            raise AssertionError(f"browser step failed ({exc}); page at {failure}; server log tail:\n{log}") from exc
+        finally:
+            browser.close()
+    print(f"warm latency in the browser (input to finished rerun): patch {', '.join(f'{t:.2f}' for t in latencies)} s, "
+          f"layer {', '.join(f'{t:.2f}' for t in layer_latencies)} s; screenshot {screenshot}")
+    assert screenshot.stat().st_size > 10_000
+    assert max(latencies + layer_latencies) < 15.0, (latencies, layer_latencies)
