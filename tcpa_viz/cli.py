@@ -1,5 +1,6 @@
-"""The ``tcpa-viz`` command line: ``train``, ``eval`` and ``demo`` (more sub-commands register themselves
-the same way: one function decorated with :func:`command` that adds its parser and sets ``func``).
+"""The ``tcpa-viz`` command line: ``train``, ``eval``, ``demo``, ``figure N``, ``rank`` and ``app`` (each
+sub-command registers itself: one function decorated with :func:`command` that adds its parser and sets
+``func``).
 
 Errors raised on purpose (:class:`tcpa_core.errors.TCPAError`) and bad arguments print one line
 ``error: ...`` and exit with status 2. Every command also runs under
@@ -397,6 +398,11 @@ def _run_demo(args: argparse.Namespace) -> int:
             "methods": methods,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
+    if not args.no_figures and is_main_process():
+        from tcpa_viz.figures import FIGURES_SUBDIR, run_all
+
+        _say(f"\nwriting figures 1, 3, 5, 6 and the rank report to {out / FIGURES_SUBDIR}/")
+        run_all(out, log=lambda line: _say(f"  {line}"))
     _say(f"\nDemo outputs are in {out}/ (checkpoints in {out}/<method>/best, summary in {summary_path}).")
     _say("Open the dashboard on them with: tcpa-viz app")
     return 0
@@ -414,7 +420,8 @@ def _method_list(text: str) -> list[str]:
 def _demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train VPT-deep and TCPA on the digits demo task with the demo backbone",
                        description="Prompt-tune VPT-deep and TCPA on digits-on-clutter with the shipped demo "
-                                   "backbone, select by val, evaluate on test, write demo_out/summary.json. "
+                                   "backbone, select by val, evaluate on test, write demo_out/summary.json, then "
+                                   "figures 1, 3, 5, 6 and the rank report into demo_out/figures/. "
                                    "Finished runs with the same configuration are reused.")
     p.add_argument("--out", default="demo_out", metavar="DIR")
     p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
@@ -435,8 +442,175 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--force", action="store_true", help="retrain even when finished checkpoints exist")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures and the rank report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_demo)
+
+
+# ------------------------------------------------------------------------------------------ figures, rank, app
+def _add_pair_args(p: argparse.ArgumentParser, several: bool) -> None:
+    g = p.add_argument_group("checkpoints and data")
+    more = " (repeat once per --dataset for figure 6)" if several else ""
+    g.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                   help=f"baseline checkpoint folder (default: the VPT-deep run of --demo-dir){more}")
+    g.add_argument("--tcpa", action="append", default=[], metavar="DIR",
+                   help=f"TCPA checkpoint folder (default: the TCPA run of --demo-dir){more}")
+    g.add_argument("--dataset", action="append", default=[], metavar="NAME",
+                   help="dataset (default: the one the baseline was trained on, the digits demo task for the demo)"
+                        + ("; repeat for several rows of figure 6" if several else ""))
+    g.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="folder of --dataset (once per --dataset when given; '-' for none)")
+    g.add_argument("--split", default="test", choices=("train", "val", "test"))
+    g.add_argument("--demo-dir", default="demo_out", metavar="DIR",
+                   help="demo folder providing the default checkpoints (default demo_out)")
+    g.add_argument("--out", metavar="DIR", help="output folder (default: <demo-dir>/figures)")
+    g.add_argument("--backbone", metavar="NAME", help="rebuild the backbone from this timm name instead of the "
+                                                      "recorded one")
+    g.add_argument("--checkpoint", metavar="FILE", help="backbone weight file to use instead of the recorded one")
+
+
+def _single(values: Sequence[str], option: str) -> str | None:
+    from tcpa_viz.figures import FigureArgumentError
+
+    if len(values) > 1:
+        raise FigureArgumentError(f"{option} takes one value here (several only for `figure 6`), got {len(values)}.")
+    return values[0] if values else None
+
+
+def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Loaded baseline/TCPA models and the data spec of the single-dataset figures and the rank report."""
+    from tcpa_viz.figures import FIGURES_SUBDIR, DataSpec, demo_checkpoints, load_model
+
+    baseline, tcpa = _single(args.baseline, "--baseline"), _single(args.tcpa, "--tcpa")
+    name, root = _single(args.dataset, "--dataset"), _single(args.data_root, "--data-root")
+    defaults = demo_checkpoints(args.demo_dir) if baseline is None or tcpa is None else (None, None)
+    base, tc = (load_model(given or default, backbone=args.backbone, backbone_weights=args.checkpoint)
+                for given, default in zip((baseline, tcpa), defaults, strict=True))
+    data = DataSpec(name=name, root=None if root in (None, "-") else root, split=args.split) if name else None
+    if data is None and args.split != "test":
+        data = DataSpec.from_meta(base.meta, args.split)
+    out = Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR
+    return {"baseline": base, "tcpa": tc, "data": data, "out_dir": out, "demo_dir": args.demo_dir}
+
+
+def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
+    from tcpa_viz.figures import CLUTTER_SUBJECT, clutter_rows, load_model, load_pair, rows_from_args
+
+    loaded: dict[str, Any] = {}
+
+    def get(path: str) -> Any:
+        if path not in loaded:
+            loaded[path] = load_model(path, backbone=args.backbone, backbone_weights=args.checkpoint)
+        return loaded[path]
+
+    demo_like = len(args.dataset) <= 1 and (not args.dataset or args.dataset[0] == "digits") and \
+        len(args.baseline) <= 1 and len(args.tcpa) <= 1
+    if demo_like:
+        base = get(args.baseline[0]) if args.baseline else None
+        tc = get(args.tcpa[0]) if args.tcpa else None
+        return clutter_rows(*load_pair(base, tc, args.demo_dir), split=args.split), CLUTTER_SUBJECT
+    rows = rows_from_args(args.dataset, args.data_root, [get(b) for b in args.baseline],
+                          [get(t) for t in args.tcpa], split=args.split)
+    return rows, None
+
+
+def _run_figure(args: argparse.Namespace) -> int:
+    from tcpa_viz.figures import FIGURES_SUBDIR, figure1, figure3, figure5, figure6
+
+    if not is_main_process():
+        return 0
+    if args.number == "6":
+        rows, subject = _figure6_rows(args)
+        out = Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR
+        paths = figure6(rows, out, max_samples=args.max_samples, perplexity=args.perplexity, seed=args.seed,
+                        demo_dir=args.demo_dir, subject=subject)
+    else:
+        inputs = _figure_inputs(args)
+        if args.number == "1":
+            paths = figure1(**inputs, index=args.index, layer=args.layer, summary=args.summary)
+        elif args.number == "3":
+            paths = figure3(**inputs, index=args.index, layer=args.layer)
+        else:
+            paths = figure5(**inputs, max_samples=args.max_samples, perplexity=args.perplexity, seed=args.seed)
+    for path in paths:
+        _say(f"wrote {path}")
+    return 0
+
+
+@command
+def _figure_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figure", help="regenerate paper figure 1, 3, 5 or 6 for a baseline and a TCPA checkpoint",
+                       description="Fig. 1: attention of the CLS token, an object patch and a background patch, "
+                                   "and time per epoch vs accuracy. Fig. 3: 3D/2D last-layer attention. Fig. 5: "
+                                   "t-SNE of the test features (+ tsne_metrics.json). Fig. 6: t-SNE over several "
+                                   "datasets (the demo: its test digits at three clutter levels). Each writes a "
+                                   "PNG and an interactive HTML.")
+    p.add_argument("number", choices=("1", "3", "5", "6"), help="figure number")
+    _add_pair_args(p, several=True)
+    g = p.add_argument_group("figure options")
+    g.add_argument("--index", type=int, help="figures 1/3: sample to show (default: the first of the first 32 that "
+                                             "both models classify correctly)")
+    g.add_argument("--layer", type=int, default=-1, help="figures 1/3: block whose attention is shown (default -1)")
+    g.add_argument("--summary", metavar="FILE", help="figure 1: the demo's summary.json for the time/accuracy chart")
+    g.add_argument("--max-samples", type=int, default=600, help="figures 5/6: samples per t-SNE (default 600)")
+    g.add_argument("--perplexity", type=float, default=30.0, help="figures 5/6: t-SNE perplexity")
+    g.add_argument("--seed", type=int, default=0, help="figures 5/6: seed of the sample subset and of t-SNE")
+    p.set_defaults(func=_run_figure)
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    from tcpa_viz.figures import rank_report
+
+    if not is_main_process():
+        return 0
+    for path in rank_report(**_figure_inputs(args), num_images=args.num_images, seed=args.seed):
+        _say(f"wrote {path}")
+    return 0
+
+
+@command
+def _rank_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rank", help="attention rank per layer of a baseline and a TCPA checkpoint",
+                       description="Measure the rank of every layer's attention (energy rank at tau 0.9/0.95/0.99, "
+                                   "numerical, effective and stable rank) for the baseline and TCPA, after and "
+                                   "before the TCPA mask, on a batch of images; writes rank.csv, rank.json and a "
+                                   "rank-vs-layer plot (PNG + HTML).")
+    _add_pair_args(p, several=False)
+    p.add_argument("--num-images", type=int, default=16, help="images measured (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    p.set_defaults(func=_run_rank)
+
+
+def _dashboard_launcher() -> Callable[..., int]:
+    """``launch`` of ``app/launch.py`` (the dashboard lives beside the package in the source tree)."""
+    import importlib.util
+
+    candidates = [Path(__file__).resolve().parent.parent / "app" / "launch.py", Path.cwd() / "app" / "launch.py"]
+    for path in candidates:
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("tcpa_viz_dashboard_launch", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.launch
+    raise TCPAError(
+        "The dashboard (app/launch.py of the tcpa-viz source tree) was not found; run `tcpa-viz app` from the "
+        "repository root or `streamlit run app/dashboard.py` there."
+    )
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    return int(_dashboard_launcher()(args.port, args.demo_dir, args.checkpoint, args.address) or 0)
+
+
+@command
+def _app_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="open the interactive dashboard (Streamlit)",
+                       description="Start the dashboard; it lists the checkpoints of --demo-dir (default demo_out).")
+    p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501 or the next free one)")
+    p.add_argument("--address", help="address to listen on (default: Streamlit's)")
+    p.add_argument("--demo-dir", metavar="DIR", help="folder whose checkpoints are listed (default demo_out)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="an extra checkpoint to list")
+    p.set_defaults(func=_run_app)
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -116,7 +116,7 @@ def test_unknown_dataset_is_a_clear_error(capsys):
 def test_parser_has_exactly_the_implemented_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"train", "eval", "demo"}
+    assert set(sub.choices) == {"train", "eval", "demo", "figure", "rank", "app"}
 
 
 @pytest.mark.slow
@@ -135,6 +135,9 @@ def test_demo_trains_both_methods_then_reuses_the_cache(tmp_path, capsys, monkey
         assert 0 <= info["test_acc"] <= 1 and info["test_samples"] == 16 and info["seconds_per_epoch"] > 0
         assert not info["cached"] and Path(info["checkpoint"], "model.safetensors").is_file()
     assert "tcpa-viz app" in capsys.readouterr().out
+    figures = tmp_path / "demo" / "figures"
+    assert all((figures / name).is_file() for name in ("figure1.png", "figure3.html", "figure5.png",
+                                                       "tsne_metrics.json", "figure6.html", "rank.csv"))
     assert main(args) == 0
     again = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert all(info["cached"] for info in again["methods"].values())
