@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -366,23 +364,15 @@ def test_launch_command_reaches_the_dashboard_options() -> None:
 
 # ------------------------------------------------------------------------------------------ latency
 @pytest.mark.slow
-def test_warm_latency_on_a_demo_sized_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Warm script reruns after a patch or layer change on the demo architecture (64 px, 8x8 grid, depth 6,
-    width 192, pools 18/18 with top-10) stay within 2 s."""
+def test_demo_sized_model_follows_patch_and_layer_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the demo architecture (64 px, 8x8 grid, depth 6, width 192, pools 18/18 with top-10) every patch or
+    layer change re-renders the selection (latency: benchmarks/bench_dashboard.py)."""
     demo = write_demo_dir(tmp_path, arch={}, pools=DEMO_POOLS, num_prompts=10)
     at = start(monkeypatch, demo)
-    at.button(key="patch_0_0").click().run()
-    timings = []
     for r, c in [(1, 2), (5, 6), (7, 0)]:
-        started = time.perf_counter()
         at.button(key=f"patch_{r}_{c}").click().run()
-        timings.append(time.perf_counter() - started)
         assert f"Selected patch ({r}, {c})" in texts(at)
     for layer in (0, 3, 5):
-        started = time.perf_counter()
         at.slider(key="w_layer").set_value(layer).run()
-        timings.append(time.perf_counter() - started)
         assert f"at layer {layer}" in texts(at)
     assert not at.exception
-    print(f"warm rerun latency: median {statistics.median(timings):.3f} s, max {max(timings):.3f} s")
-    assert max(timings) <= 2.0, timings

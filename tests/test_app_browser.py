@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from test_app import DEMO_POOLS, ROOT, write_demo_dir
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
@@ -119,27 +120,19 @@ def test_click_a_patch_in_a_real_browser(server: str, tmp_path: Path) -> None:
             page.get_by_text("Selected patch (4, 4) at layer 5").wait_for(timeout=90_000)
 
             idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-            latencies = []
-            for step, (row, col) in enumerate([(1, 3), (6, 0), (0, 7), (5, 2)]):
-                started = time.perf_counter()
+            for row, col in [(1, 3), (6, 0), (0, 7), (5, 2)]:
                 page.locator(f".st-key-patch_{row}_{col} button").click()
                 page.get_by_text(f"Selected patch ({row}, {col}) at layer 5").wait_for()
                 page.wait_for_function(idle)
-                if step:
-                    latencies.append(time.perf_counter() - started)
                 assert page.get_by_text(f"Image prompts selected by patch ({row}, {col}) at layer 5").is_visible()
                 assert page.locator(f".st-key-patch_{row}_{col} button[kind='primary']").count() == 1
 
             slider = page.locator(".st-key-w_layer input[type=range]")
-            layer_latencies = []
             for layer in (4, 3, 2):
-                started = time.perf_counter()
                 slider.focus()
                 page.keyboard.press("ArrowLeft")
                 page.get_by_text(f"Selected patch (5, 2) at layer {layer}").wait_for()
                 page.wait_for_function(idle)
-                if layer < 4:
-                    layer_latencies.append(time.perf_counter() - started)
             slider.focus()
             page.keyboard.press("End")
             page.get_by_text("Selected patch (5, 2) at layer 5").wait_for()
@@ -165,7 +158,6 @@ def test_click_a_patch_in_a_real_browser(server: str, tmp_path: Path) -> None:
             raise AssertionError(f"browser step failed ({exc}); page at {failure}; server log tail:\n{log}") from exc
         finally:
             browser.close()
-    print(f"warm latency in the browser (input to finished rerun): patch {', '.join(f'{t:.2f}' for t in latencies)} s, "
-          f"layer {', '.join(f'{t:.2f}' for t in layer_latencies)} s; screenshot {screenshot}")
     assert screenshot.stat().st_size > 10_000
-    assert max(latencies + layer_latencies) < 15.0, (latencies, layer_latencies)
+    with Image.open(screenshot) as shot:
+        assert shot.size == (1500, 1500)
