@@ -182,15 +182,18 @@ def _image_folder(root: Path) -> Path:
 
 def test_imagefolder_splits_classes_and_transform(tmp_path):
     root = _image_folder(tmp_path / "folder")
-    train = build_dataset("imagefolder", root, "train")
+    train = build_dataset("imagefolder", root, "trainval")
     assert train.classes == ["cat", "dog"] and sorted(train.targets) == [0] * 4 + [1] * 4
     image, label = train[0]
     assert isinstance(image, Image.Image) and image.mode == "RGB" and label == 0
     test = build_dataset("imagefolder", root, "test", transform=build_transforms(DEMO_CFG, train=False))
     assert len(test) == 4 and test[0][0].shape == (3, 64, 64)
-    # no val folder: val is a seeded slice of train, disjoint from what "train" keeps in the subset sense
+    # no val folder: val is a seeded slice of the train folder and train keeps the rest
     val = build_dataset("imagefolder", root, "val", val_fraction=0.25)
-    assert len(val) == 2 and len(build_dataset("imagefolder", root, "trainval")) == 8
+    kept = build_dataset("imagefolder", root, "train", val_fraction=0.25)
+    trainval = build_dataset("imagefolder", root, "trainval")
+    assert len(val) == 2 and len(kept) == 6 and not set(val.sources) & set(kept.sources)
+    assert set(val.sources) | set(kept.sources) == set(trainval.sources) and len(trainval) == 8
 
 
 def test_imagefolder_without_split_folders_is_carved(tmp_path):
@@ -290,7 +293,7 @@ def test_corrupt_image_in_dataset_names_the_file(tmp_path):
     root = _image_folder(tmp_path / "folder")
     bad = root / "train" / "cat" / "0.png"
     bad.write_bytes(b"this is not a png")
-    ds = build_dataset("imagefolder", root, "train")
+    ds = build_dataset("imagefolder", root, "trainval")  # the whole train folder, in file order
     with pytest.raises(ImageFormatError, match="0.png"):
         ds[0]
     good = (root / "train" / "cat" / "1.png").read_bytes()

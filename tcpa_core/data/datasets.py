@@ -127,10 +127,12 @@ def build_dataset(
 ) -> Dataset:
     """Open dataset ``name`` (see the module docstring) from ``root`` for ``split``.
 
-    ``kwargs`` go to :class:`DigitsOnClutter` for ``digits`` (e.g. ``samples_per_digit``) and, for
-    ``vpt-json``, ``image_dir`` (folder the JSON paths are relative to; default: ``root/images`` if it
-    exists, else ``root``). Raises :class:`DatasetError` when files are missing or malformed,
-    :class:`EmptyDatasetError` when the split has no samples.
+    ``kwargs`` go to :class:`DigitsOnClutter` for ``digits`` (e.g. ``samples_per_digit``, ``max_sources``);
+    the VPT JSON names take ``image_dir``, the folder the JSON paths are relative to (default: per dataset
+    as in :data:`VPT_IMAGE_DIRS`; for ``vpt-json`` ``root/images`` if it exists, else ``root``). Use the
+    same ``val_fraction`` and ``seed`` for every split of one experiment: they define the train/val carve.
+    Raises :class:`DatasetError` when files are missing or malformed, :class:`EmptyDatasetError` when the
+    split has no samples.
     """
     key = name.lower().replace("_", "-")
     if split not in SPLITS:
@@ -146,7 +148,7 @@ def build_dataset(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"Dataset root {root} does not exist or is not a folder; {_how_to_get(key, root)}")
-    if kwargs and key != "vpt-json":
+    if kwargs and key != "vpt-json" and key not in VPT_IMAGE_DIRS:
         raise DatasetError(f"Unexpected options {sorted(kwargs)} for dataset {name!r}.")
     if key in _TORCHVISION:
         data = _torchvision_split(key, root, split, val_fraction, seed)
@@ -167,14 +169,13 @@ def _how_to_get(key: str, root: Path) -> str:
     if key in _TORCHVISION:
         info = _TORCHVISION[key]
         return (f"expected {info['expects']} under {root}. Download it from {info['url']} and extract it "
-                "there, "
-                f"or on a machine with internet run torchvision.datasets.{info['cls'].__name__}"
+                f"there, or on a machine with internet run torchvision.datasets.{info['cls'].__name__}"
                 f"({str(root)!r}, download=True) and copy the folder over.")
     if key == "imagefolder":
         return "an image folder needs root/<split>/<class>/<image> or root/<class>/<image>."
     return (f"the VPT JSON format needs {root}/train.json, val.json and test.json (image path -> integer "
-            "label) "
-            "and the images under the dataset root; the split files are published with the VPT benchmark.")
+            "label) and the images under the dataset root; the split files are published with the VPT "
+            "benchmark.")
 
 
 def _carve(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +253,9 @@ def _scan_classes(folder: Path, classes: Sequence[str]) -> tuple[list[Path], lis
 
 
 def _imagefolder_split(root: Path, split: str, val_fraction: float, seed: int) -> LabeledDataset:
-    """``root/<split>/<class>/*`` with classes shared by all split folders; or one ``root/<class>/*`` tree
-    carved into 80/10/10 train/val/test (seeded)."""
+    """``root/<split>/<class>/*`` with classes shared by all split folders (without a ``val`` folder, val is
+    a seeded ``val_fraction`` of ``train`` and ``train`` the rest); or one ``root/<class>/*`` tree carved
+    into 80/10/10 train/val/test (seeded)."""
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     tree_roots = list(split_dirs.values()) or [root]
     classes = sorted({p.name for d in tree_roots for p in d.iterdir() if p.is_dir()})
@@ -275,14 +277,15 @@ def _imagefolder_split(root: Path, split: str, val_fraction: float, seed: int) -
         train_idx, val_idx = _carve(len(rest), 1.0 / 9.0, seed)
         chosen = {"train": rest[train_idx], "val": rest[val_idx], "trainval": rest}[split]
         return whole.subset(chosen)
-    if split in split_dirs:
+    if split in split_dirs and (split != "train" or "val" in split_dirs):
         return folder(split_dirs[split])
-    if split == "trainval" and "train" in split_dirs:
+    if "train" in split_dirs:
         train = folder(split_dirs["train"])
-        return _concat(train, folder(split_dirs["val"])) if "val" in split_dirs else train
-    if split == "val" and "train" in split_dirs:
-        train = folder(split_dirs["train"])
-        return train.subset(_carve(len(train), val_fraction, seed)[1])
+        if split == "trainval":
+            return _concat(train, folder(split_dirs["val"])) if "val" in split_dirs else train
+        if split in ("train", "val"):  # no val folder: carve val out of train, keep the rest for train
+            train_idx, val_idx = _carve(len(train), val_fraction, seed)
+            return train.subset(train_idx if split == "train" else val_idx)
     raise DatasetError(
         f"Image folder {root} has no {split!r} folder (found: {', '.join(split_dirs) or 'none'}); "
         f"add {root / split}/<class>/<image>."
