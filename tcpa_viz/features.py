@@ -8,7 +8,6 @@ the model and the data split.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from tcpa_core.checkpoint import atomic_write
 from tcpa_core.errors import EmptyDatasetError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -73,11 +73,7 @@ def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save_cache(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.savez(fh, features=features, labels=labels)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez(handle, features=features, labels=labels))
 
 
 def extract_features(
