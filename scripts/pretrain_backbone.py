@@ -60,7 +60,7 @@ INK_BOX_THRESHOLD = 0.25
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=4000, help="optimisation steps")
+    p.add_argument("--steps", type=int, default=8000, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the model init, data stream and probe splits")
     p.add_argument("--num-classes", type=int, default=64, help="procedural glyph classes")

@@ -426,7 +426,7 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", metavar="DIR")
     p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
                    help=f"comma-separated methods (default {','.join(DEMO_METHODS)})")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
