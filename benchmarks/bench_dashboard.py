@@ -82,6 +82,8 @@ def bench_browser(demo_dir: Path, chromium: str) -> None:
                     break
             except OSError:
                 time.sleep(0.3)
+        else:
+            raise SystemExit(f"the dashboard server did not answer on {url}")
         idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
