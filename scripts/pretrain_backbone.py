@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -53,9 +52,9 @@ from torch.utils.data import DataLoader, Dataset
 from tcpa_core.backbone import DEMO_ARCH, DEMO_BACKBONE, DEMO_MEAN, DEMO_STD, DEMO_WEIGHTS
 from tcpa_core.checkpoint import atomic_write
 from tcpa_core.data import DigitsOnClutter, ProceduralGlyphs
+from tcpa_core.train import lr_at_step
 
 MAX_WEIGHT_BYTES = 25 * 1024 * 1024
-INK_BOX_THRESHOLD = 0.25
 
 
 def parse_args() -> argparse.Namespace:
@@ -92,14 +91,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEMO_WEIGHTS, help="weights file; the card goes next to it")
     p.add_argument("--no-save", action="store_true", help="train and evaluate only (pilot runs)")
     return p.parse_args()
-
-
-def lr_at(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -245,7 +236,7 @@ def train(
     run_loss = run_acc = 0.0
     run_terms: dict[str, float] = {}
     for step, (images, labels, ink) in enumerate(loader):
-        lr = lr_at(step, args.steps, args.lr, args.min_lr, warmup)
+        lr = lr_at_step(step, args.steps, warmup, args.lr, args.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         if step < low_res_steps:
