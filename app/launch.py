@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -35,6 +39,29 @@ def streamlit_command(port: int | None = None, demo_dir: str | None = None, chec
     for path in checkpoints:
         extra += ["--checkpoint", str(path)]
     return [*cmd, "--", *extra] if extra else cmd
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free right now (chosen by the operating system)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Block until the server at ``url`` answers Streamlit's health check. Raises ``RuntimeError`` when
+    ``process`` exits first or nothing answers within ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the dashboard server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise RuntimeError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s")
 
 
 def launch(port: int | None = None, demo_dir: str | None = None, checkpoints: Sequence[str] = (),

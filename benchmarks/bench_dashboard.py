@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -57,18 +55,15 @@ def bench_apptest() -> None:
     report(cold, timings)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bench_browser(demo_dir: Path, chromium: str) -> None:
     """The real server and headless Chromium; each timing ends when the page shows the new selection and
     Streamlit's status widget ("Running...") is gone."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    sys.path.insert(0, str(ROOT))  # app/ sits beside the installed packages in the source tree
+    from app.launch import free_port, wait_until_healthy
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "app" / "launch.py"), "--port", str(port), "--address", "127.0.0.1",
@@ -76,14 +71,7 @@ def bench_browser(demo_dir: Path, chromium: str) -> None:
         start_new_session=True,
     )
     try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise SystemExit(f"the dashboard server did not answer on {url}")
+        wait_until_healthy(url, server, timeout_s=60.0)
         idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
-from test_app import DEMO_POOLS, ROOT, write_demo_dir
+from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
@@ -32,33 +28,14 @@ def chromium_path() -> str:
     return os.environ.get(CHROMIUM_ENV, CHROMIUM_DEFAULT)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the dashboard server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    pytest.fail(f"the dashboard did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """Start ``app/launch.py`` on a free port (own process group) and stop it, whatever happens. The
     checkpoints have the demo architecture (``tcpa_demo_vit``: 64 px, 8x8 patches, depth 6) with random
     weights, so the timings are those of the demo models."""
     demo = write_demo_dir(tmp_path / "fixtures", arch={}, pools=DEMO_POOLS, num_prompts=10)
-    port = free_port()
+    launch = app_module("app.launch")
+    port = launch.free_port(HOST)
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if k not in ("TCPA_VIZ_DEMO_DIR", "TCPA_VIZ_CHECKPOINTS")}
     with log.open("w") as out:
@@ -69,7 +46,10 @@ def server(tmp_path: Path) -> Iterator[str]:
         )
     try:
         url = f"http://{HOST}:{port}"
-        wait_until_healthy(url, process, log)
+        try:
+            launch.wait_until_healthy(url, process, START_TIMEOUT_S)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}:\n{log.read_text()}")
         yield url
     finally:
         if process.poll() is None:
