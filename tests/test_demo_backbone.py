@@ -23,16 +23,14 @@ def test_shipped_weights_match_their_card_and_load_into_timm():
     card = demo_card()
     assert DEMO_WEIGHTS.stat().st_size == card["weights"]["bytes"] < 25 * 1024 * 1024
     assert {k: card["architecture"][k] for k in DEMO_ARCH} == DEMO_ARCH
+    state = timm.create_model(DEMO_BACKBONE, pretrained=True, num_classes=0).state_dict()
     with safe_open(str(DEMO_WEIGHTS), "pt") as weights:
         names = set(weights.keys())
         assert weights.metadata()["architecture"] == DEMO_BACKBONE
         assert not any(name.startswith("head.") for name in names)
-        numel = sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
-    assert numel == card["architecture"]["parameters"]
-    model = timm.create_model(DEMO_BACKBONE, pretrained=True, num_classes=0)
-    state = model.state_dict()
-    assert set(state) == names
-    with safe_open(str(DEMO_WEIGHTS), "pt") as weights:
+        assert sum(math.prod(weights.get_slice(name).get_shape()) for name in names) == \
+            card["architecture"]["parameters"]
+        assert set(state) == names
         assert torch.equal(state["blocks.3.attn.qkv.weight"], weights.get_tensor("blocks.3.attn.qkv.weight"))
     # the card's record of the run is complete and reproducible from its command
     assert card["command"].startswith("python scripts/pretrain_backbone.py")
