@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .hooks import BlockHooks, HookPoint
 from .layout import TokenLayout
+
+if TYPE_CHECKING:
+    from .model import PromptedViT
 
 PER_LAYER = BlockHooks.NAMES
 
@@ -78,7 +81,7 @@ class ActivationCache:
 
 @contextmanager
 def capture(
-    model: torch.nn.Module,
+    model: PromptedViT,
     layers: Iterable[int] | None = None,
     names: Iterable[str] | None = None,
     dtype: torch.dtype | None = None,
@@ -93,7 +96,7 @@ def capture(
         dtype: storage dtype for floating tensors (e.g. ``torch.float16`` halves the memory).
         device: where recorded tensors are stored (default: where they were computed).
     """
-    hooks: list[BlockHooks] = list(model.hooks)
+    hooks: list[BlockHooks] = [model.block_hooks(layer) for layer in range(model.depth)]
     depth = len(hooks)
     wanted = set(names) if names is not None else {*PER_LAYER, "features"}
     unknown = wanted - {*PER_LAYER, "features"}

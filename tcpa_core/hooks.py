@@ -30,6 +30,11 @@ class BlockHooks(nn.Module):
     """
 
     NAMES = ("attn", "attn_raw", "mask", "cls_assign", "image_assign")
+    attn: HookPoint
+    attn_raw: HookPoint
+    mask: HookPoint
+    cls_assign: HookPoint
+    image_assign: HookPoint
 
     def __init__(self) -> None:
         super().__init__()

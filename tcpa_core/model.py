@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from .attention import block_explicit, block_fused
@@ -31,7 +31,8 @@ _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "dr
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
 
-def _check_backbone(backbone: nn.Module) -> None:
+def _check_backbone(backbone: nn.Module) -> VisionTransformer:
+    """``backbone`` itself when it is a timm ViT of pre-norm blocks (UnsupportedModelError otherwise)."""
     if not isinstance(backbone, VisionTransformer):
         raise UnsupportedModelError(
             f"build_model needs a timm VisionTransformer (e.g. 'vit_base_patch16_224'), got "
@@ -45,6 +46,7 @@ def _check_backbone(backbone: nn.Module) -> None:
                 f"block {i} of this ViT is a {type(block).__name__} (missing {missing or 'pre-norm layout'}); "
                 "only pre-norm timm Blocks with timm Attention are supported."
             )
+    return backbone
 
 
 class PromptedViT(nn.Module):
@@ -97,14 +99,38 @@ class PromptedViT(nn.Module):
         elif kind == "conv":
             self.input_prompt = ConvPrompt(backbone.patch_embed.proj.in_channels)
 
-        self.hooks = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.hooks: nn.ModuleList = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.checkpoint_meta: dict[str, Any] = {}
+        """The JSON description of the checkpoint this model was loaded from (empty for a new model)."""
         self.hook_features = HookPoint()
         self.hook_layout = HookPoint()
 
     # ----------------------------------------------------------------------------------------- utils
+    backbone: VisionTransformer
+
     @property
     def num_prefix(self) -> int:
         return self.backbone.num_prefix_tokens
+
+    def block(self, layer: int) -> Block:
+        """The timm block ``layer`` of the backbone."""
+        return cast(Block, self.backbone.blocks[layer])
+
+    def block_hooks(self, layer: int) -> BlockHooks:
+        """The hook points of block ``layer``."""
+        return cast(BlockHooks, self.hooks[layer])
+
+    def prompt_pools(self) -> PromptPools:
+        """The TCPA prompt pools (TypeError for methods without pools)."""
+        if not isinstance(self.prompts, PromptPools):
+            raise TypeError(f"method {self.config.method!r} has no prompt pools")
+        return self.prompts
+
+    def prompt_tokens(self) -> PromptTokens:
+        """The VPT-style prompt tokens (TypeError for methods without them)."""
+        if not isinstance(self.prompts, PromptTokens):
+            raise TypeError(f"method {self.config.method!r} has no prompt tokens")
+        return self.prompts
 
     @property
     def depth(self) -> int:
@@ -146,8 +172,9 @@ class PromptedViT(nn.Module):
     def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
         pe = self.backbone.patch_embed
         if getattr(self.backbone, "dynamic_img_size", False):
-            return tuple(pe.dynamic_feat_size(tuple(images.shape[-2:])))
-        return tuple(pe.grid_size)
+            height, width = pe.dynamic_feat_size((int(images.shape[-2]), int(images.shape[-1])))
+            return int(height), int(width)
+        return int(pe.grid_size[0]), int(pe.grid_size[1])
 
     def token_layout(self, grid_size: tuple[int, int]) -> TokenLayout:
         """Layout of the captured attention for an input with this patch grid."""
@@ -155,7 +182,8 @@ class PromptedViT(nn.Module):
         cls_cols = prompts.num_cls_columns if isinstance(prompts, PromptPools) else 0
         image_cols = prompts.num_image_columns if isinstance(prompts, PromptPools) else 0
         shared = prompts.prompts.shape[1] if isinstance(prompts, PromptTokens) else 0
-        return TokenLayout(num_prefix=self.num_prefix, grid_size=tuple(grid_size), num_cls_prompt_keys=cls_cols,
+        return TokenLayout(num_prefix=self.num_prefix, grid_size=(int(grid_size[0]), int(grid_size[1])),
+                           num_cls_prompt_keys=cls_cols,
                            num_image_prompt_keys=image_cols, num_shared_prompt_keys=shared,
                            prompt_length=cfg.prompt_length, has_cls_token=self.backbone.cls_token is not None)
 
@@ -243,7 +271,7 @@ class PromptedViT(nn.Module):
     def _sequence_block(self, layer: int, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
         """Run block ``layer`` of timm on the full sequence [prefix | prompts | patches] (all are queries),
         recording the attention rows of prefix and patch queries when captured."""
-        block, hooks = self.backbone.blocks[layer], self.hooks[layer]
+        block, hooks = self.block(layer), self.block_hooks(layer)
         if not hooks.wants_attention:
             return block(x)
         out, raw, _, _ = block_explicit(block, x, self.num_prefix)
@@ -262,7 +290,7 @@ class PromptedViT(nn.Module):
 
     def _run_shallow_prompts(self, x: torch.Tensor) -> torch.Tensor:
         n = self.num_prefix
-        prompts = self._prompt_batch(self.prompts.sequence(0), x.shape[0]).expand(x.shape[0], -1, -1)
+        prompts = self._prompt_batch(self.prompt_tokens().sequence(0), x.shape[0]).expand(x.shape[0], -1, -1)
         x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
         x = self._run_sequence(x, num_prompts=prompts.shape[1])
         return torch.cat([x[:, :n], x[:, n + prompts.shape[1]:]], dim=1)
@@ -270,7 +298,7 @@ class PromptedViT(nn.Module):
     def _run_deep_prompts(self, x: torch.Tensor) -> torch.Tensor:
         n, batch = self.num_prefix, x.shape[0]
         for layer in range(self.depth):
-            prompts = self._prompt_batch(self.prompts.sequence(layer), batch)
+            prompts = self._prompt_batch(self.prompt_tokens().sequence(layer), batch)
             if self.config.method == "vfpt":
                 prompts = partial_fourier_transform(prompts, self.config.fourier_fraction)
             num = prompts.shape[1]
@@ -281,15 +309,16 @@ class PromptedViT(nn.Module):
 
     def _tcpa_selection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt-column selection ``allowed`` [B or 1, N, P] and this block's pool loss term."""
-        pools, cfg, n = self.prompts, self.config, self.num_prefix
+        pools, cfg, n = self.prompt_pools(), self.config, self.num_prefix
         num_patches = x.shape[1] - n
-        hooks = self.hooks[layer]
+        hooks = self.block_hooks(layer)
         if not cfg.uses_token_matching:
             cls_rows = torch.cat([x.new_ones(n, pools.num_cls_columns), x.new_zeros(n, pools.num_image_columns)], 1)
             patch_rows = torch.cat([x.new_zeros(num_patches, pools.num_cls_columns),
                                     x.new_ones(num_patches, pools.num_image_columns)], 1)
             return torch.cat([cls_rows, patch_rows]).bool().unsqueeze(0), x.new_zeros(())
         random = self.random_selection and self.training
+        assert pools.image_keys is not None and pools.cls_keys is not None  # token matching has keys
         image = select_prompts(x[:, n:], pools.image_keys[layer], cfg.image_topk, random)
         hooks.image_assign(image.indices)
         image_cols = selection_to_columns(image.indices, pools.image_pool_size, cfg.prompt_length)
@@ -308,10 +337,10 @@ class PromptedViT(nn.Module):
         for layer in range(self.depth):
             allowed, loss = self._tcpa_selection(layer, x)
             pool_loss = pool_loss + loss
-            prompts = self._prompt_batch(self.prompts.sequence(layer), x.shape[0])
+            prompts = self._prompt_batch(self.prompt_pools().sequence(layer), x.shape[0])
             if self.config.fourier:
                 prompts = fourier_transform(prompts)
-            block, hooks = self.backbone.blocks[layer], self.hooks[layer]
+            block, hooks = self.block(layer), self.block_hooks(layer)
             if hooks.wants_attention:
                 x, raw, masked, mask = block_explicit(block, x, self.num_prefix, prompts, allowed)
                 hooks.attn_raw(raw)
@@ -320,6 +349,16 @@ class PromptedViT(nn.Module):
             else:
                 x = block_fused(block, x, prompts, allowed)
         return x, pool_loss
+
+
+def unwrap_model(model: nn.Module) -> PromptedViT:
+    """The ``PromptedViT`` itself, or the one inside a ``DistributedDataParallel`` wrapper."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, PromptedViT):
+        raise UnsupportedModelError(
+            f"expected a PromptedViT (from tcpa_core.build_model or load_checkpoint), got {type(inner).__name__}."
+        )
+    return inner
 
 
 def build_model(
@@ -353,14 +392,13 @@ def build_model(
             raise
     else:
         name, backbone = None, model
-    if not isinstance(backbone, VisionTransformer):
-        _check_backbone(backbone)
+    vit = _check_backbone(backbone)
     if checkpoint is not None:
         from .weights_io import load_backbone_weights
 
-        load_backbone_weights(backbone, checkpoint)
+        load_backbone_weights(vit, checkpoint)
     if num_classes is None:
-        num_classes = backbone.num_classes
+        num_classes = vit.num_classes
     if not num_classes:
         raise ValueError("num_classes must be given (the backbone has no classifier head).")
-    return PromptedViT(backbone, config, num_classes, backbone_name=name)
+    return PromptedViT(vit, config, num_classes, backbone_name=name)
