@@ -323,7 +323,7 @@ def evaluate(
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
     batch_size: int = 256,
     *,
@@ -331,20 +331,32 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-logits features ``[N, D]`` and labels ``[N]`` of the whole dataset, in dataset order.
+    """Features ``[N, D]`` and labels ``[N]`` of the whole dataset of ``(image, label)`` pairs, in dataset order.
 
-    Under ``torchrun`` each process runs a shard and every process receives the full result.
+    ``model``: a ``PromptedViT`` (or its DDP wrapper): its pre-logits ``forward_features``, in eval mode with
+    top-k prompt selection; or any callable mapping images ``[B, C, H, W]`` to ``[B, ...]`` (flattened to
+    ``[B, D]``), run as given on ``device`` (default CPU). Under ``torchrun`` each process runs a shard and
+    every process receives the full result.
     """
     total = _check_dataset(dataset, "feature")
-    inner = unwrap_model(model)
-    device = torch.device(device) if device is not None else next(inner.parameters()).device
+    if isinstance(model, nn.Module):
+        inner = unwrap_model(model)
+        where = torch.device(device) if device is not None else next(inner.parameters()).device
+        with _EvalMode(inner):
+            return _features(inner.forward_features, dataset, total, batch_size, num_workers, where, progress)
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    return _features(model, dataset, total, batch_size, num_workers, where, progress)
+
+
+def _features(feature_fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, total: int, batch_size: int,
+              num_workers: int, device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels_out = [], []
-    with _EvalMode(inner):
-        indices, batches = _sharded_batches(dataset, batch_size, num_workers, device, "features", progress)
-        for batch in batches:
-            images, labels = _split_batch(batch)
-            feats.append(inner.forward_features(images.to(device, non_blocking=True)).float().cpu())
-            labels_out.append(labels.cpu())
+    indices, batches = _sharded_batches(dataset, batch_size, num_workers, device, "features", progress)
+    for batch in batches:
+        images, labels = _split_batch(batch)
+        out = feature_fn(images.to(device, non_blocking=True))
+        feats.append(out.detach().float().cpu().reshape(out.shape[0], -1))
+        labels_out.append(labels.cpu())
     return _gather_ordered(indices, feats, total), _gather_ordered(indices, labels_out, total)
 
 

@@ -22,6 +22,10 @@ class FigureFormatError(TCPAError, ValueError):
     """A figure cannot be written in the format its file extension asks for."""
 
 
+class NotAFigureError(TCPAError, TypeError):
+    """Something that is neither a matplotlib nor a plotly figure was given to :func:`save_figure`."""
+
+
 def is_plotly_figure(fig: Any) -> bool:
     """True for a ``plotly.graph_objects.Figure`` (checked without importing plotly)."""
     return type(fig).__module__.startswith("plotly.") and hasattr(fig, "write_html")
@@ -89,4 +93,5 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 150, plotlyjs: Literal["s
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(str(path), dpi=dpi, bbox_inches="tight")
         return path
-    raise TypeError(f"save_figure takes a matplotlib or plotly figure, got {type(fig).__name__}")
+    raise NotAFigureError(f"save_figure takes a matplotlib or plotly figure, got {type(fig).__name__}; pass the "
+                          "figure object that a plot_* function returned.")

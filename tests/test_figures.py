@@ -209,8 +209,10 @@ def test_query_patches_sit_on_the_digit_and_on_the_background(pair):
 
 def test_timing_points_come_from_the_demo_summary_or_the_runs(pair, tmp_path):
     base, tcpa = pair
-    from_summary = timing_points(base, tcpa, {"methods": {"vpt-deep": {"test_acc": 0.5, "seconds_per_epoch": 3.0}}})
-    assert [(p.label, p.accuracy, p.metric) for p in from_summary] == [("VPT-deep", 0.5, "test")]
+    from_summary = timing_points(base, tcpa, {"methods": {"vpt-deep": {"test_acc": 0.5, "seconds_per_epoch": 3.0},
+                                                          "r-tcpa": {"test_acc": 0.6, "seconds_per_epoch": 2.0}}})
+    assert [(p.label, p.accuracy, p.metric, p.tcpa_family) for p in from_summary] == [
+        ("VPT-deep", 0.5, "test", False), ("R-TCPA", 0.6, "test", True)]
     assert timing_points(base, tcpa, None) == []  # untrained fixtures record no run summary or metrics
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -347,3 +349,20 @@ def test_html_files_of_one_folder_share_one_plotlyjs(tmp_path):
     assert shared.read_text(encoding="utf-8") == get_plotlyjs()
     inline = save_figure(go.Figure(), tmp_path / "inline" / "f.html", plotlyjs="inline")
     assert inline.stat().st_size > 1_000_000 and not (inline.parent / plotlyjs_name()).exists()
+
+
+def test_figures_script_runs_the_registry(monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "figures.py"
+    spec = importlib.util.spec_from_file_location("figures_script", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(script, "main", lambda argv: calls.append(argv) or 0)
+    assert script.run(["--out", "figs"]) == 0
+    assert calls == [["figure", n, "--out", "figs"] for n in FIGURES]
+    calls.clear()
+    assert script.run(["3", "1", "--index", "2"]) == 0
+    assert calls == [["figure", "3", "--index", "2"], ["figure", "1", "--index", "2"]]

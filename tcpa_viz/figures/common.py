@@ -81,8 +81,9 @@ class DataSpec:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _is_tcpa_family(method: str, info: dict[str, Any]) -> bool:
-    """Whether a demo summary entry is a TCPA-family run (a method with prompt pools)."""
+def is_tcpa_family(method: str, info: dict[str, Any]) -> bool:
+    """Whether a run of a demo summary (``method`` and its entry ``info``) is TCPA family: a method with prompt
+    pools (read from the entry's ``prompt_config`` when it records one)."""
     recorded = info.get("prompt_config")
     try:
         config = PromptConfig.from_dict(recorded if isinstance(recorded, dict) else {"method": method})
@@ -99,7 +100,7 @@ def demo_checkpoints(demo_dir: str | Path = DEFAULT_DEMO_DIR) -> tuple[Path, Pat
     """
     demo_dir = Path(demo_dir)
     methods: dict[str, Any] = (read_demo_summary(demo_dir) or {}).get("methods") or {}
-    family = {m: _is_tcpa_family(m, info or {}) for m, info in methods.items()}
+    family = {m: is_tcpa_family(m, info or {}) for m, info in methods.items()}
     tcpa = next((m for m, is_tcpa in family.items() if is_tcpa), DEMO_TCPA_RUN)
     baseline = next((m for m, is_tcpa in family.items() if not is_tcpa), DEMO_BASELINE_RUN)
 

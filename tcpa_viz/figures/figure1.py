@@ -39,6 +39,7 @@ from .common import (
     capture_attention,
     class_names,
     figure_context,
+    is_tcpa_family,
     labels_of,
     predict,
     query_patches,
@@ -69,12 +70,14 @@ class QueryView:
 
 @dataclass(frozen=True)
 class TimingPoint:
-    """One method on the time-vs-accuracy chart (``accuracy`` in [0, 1])."""
+    """One method on the time-vs-accuracy chart (``accuracy`` in [0, 1]; ``tcpa_family``: a method with prompt
+    pools, drawn as a star)."""
 
     label: str
     seconds_per_epoch: float
     accuracy: float
     metric: str
+    tcpa_family: bool = False
 
 
 def query_views(patches: QueryPatches) -> list[QueryView]:
@@ -99,7 +102,8 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
     for method, info in ((summary or {}).get("methods") or {}).items():
         seconds, acc = info.get("seconds_per_epoch"), info.get("test_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(method_title(method), float(seconds), float(acc), "test"))
+            points.append(TimingPoint(method_title(method), float(seconds), float(acc), "test",
+                                      is_tcpa_family(method, info)))
     if points:
         return points
     for loaded in (baseline, tcpa):
@@ -110,7 +114,8 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
             metrics = loaded.meta.get("metrics") or {}
             seconds, acc = metrics.get("train_seconds"), metrics.get("val_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation"))
+            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation",
+                                      loaded.model.config.uses_pools))
     return points
 
 
@@ -159,7 +164,7 @@ def _time_accuracy_matplotlib(ax: Any, points: Sequence[TimingPoint]) -> None:
         ax.set_axis_off()
         return
     for i, p in enumerate(points):
-        tcpa = "TCPA" in p.label
+        tcpa = p.tcpa_family
         ax.scatter(p.seconds_per_epoch, 100 * p.accuracy, s=140 if tcpa else 90, marker="*" if tcpa else "o",
                    color="#d62728" if tcpa else f"C{i}", zorder=3)
         ax.annotate(f"{p.label} ({100 * p.accuracy:.1f}%, {p.seconds_per_epoch:.1f} s)",
@@ -253,7 +258,7 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
         fig.add_trace(go.Scatter(
             x=[p.seconds_per_epoch], y=[100 * p.accuracy], mode="markers+text", text=[p.label],
             textposition="middle right", name=p.label, showlegend=False,
-            marker=dict(size=16 if "TCPA" in p.label else 11, symbol="star" if "TCPA" in p.label else "circle"),
+            marker=dict(size=16 if p.tcpa_family else 11, symbol="star" if p.tcpa_family else "circle"),
             hovertemplate=f"{p.label}<br>%{{x:.2f}} s/epoch<br>{p.metric} accuracy %{{y:.2f}}%<extra></extra>",
         ), row=last, col=1)
     metric = points[0].metric if points else "test"
