@@ -18,6 +18,7 @@ from .errors import (
     TrainingError,
     UnsupportedModelError,
 )
+from .intervene import intervene
 from .layout import TokenLayout
 from .methods import PromptMethod, get_method, list_methods, register_method
 from .model import PromptedViT, build_model
@@ -25,7 +26,7 @@ from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
     "METHODS", "PromptConfig", "PromptMethod", "get_method", "list_methods", "register_method", "PromptedViT",
-    "build_model", "capture", "ActivationCache", "TokenLayout",
+    "build_model", "capture", "intervene", "ActivationCache", "TokenLayout",
     "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
     "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
