@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from .config import PromptConfig
@@ -23,7 +23,8 @@ _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "dr
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
 
-def _check_backbone(backbone: nn.Module) -> None:
+def _check_backbone(backbone: nn.Module) -> VisionTransformer:
+    """``backbone`` itself when it is a timm ViT of pre-norm blocks (UnsupportedModelError otherwise)."""
     if not isinstance(backbone, VisionTransformer):
         raise UnsupportedModelError(
             f"build_model needs a timm VisionTransformer (e.g. 'vit_base_patch16_224'), got "
@@ -37,6 +38,7 @@ def _check_backbone(backbone: nn.Module) -> None:
                 f"block {i} of this ViT is a {type(block).__name__} (missing {missing or 'pre-norm layout'}); "
                 "only pre-norm timm Blocks with timm Attention are supported."
             )
+    return backbone
 
 
 class PromptedViT(nn.Module):
@@ -87,15 +89,39 @@ class PromptedViT(nn.Module):
         elif kind == "conv":
             self.input_prompt = ConvPrompt(backbone.patch_embed.proj.in_channels)
 
-        self.hooks = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.hooks: nn.ModuleList = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.checkpoint_meta: dict[str, Any] = {}
+        """The JSON description of the checkpoint this model was loaded from (empty for a new model)."""
         self.hook_features = HookPoint()
         self.hook_layout = HookPoint()
         self._block_edits: dict[int, BlockEdit] | None = None
 
     # ----------------------------------------------------------------------------------------- utils
+    backbone: VisionTransformer
+
     @property
     def num_prefix(self) -> int:
         return self.backbone.num_prefix_tokens
+
+    def block(self, layer: int) -> Block:
+        """The timm block ``layer`` of the backbone."""
+        return cast(Block, self.backbone.blocks[layer])
+
+    def block_hooks(self, layer: int) -> BlockHooks:
+        """The hook points of block ``layer``."""
+        return cast(BlockHooks, self.hooks[layer])
+
+    def prompt_pools(self) -> PromptPools:
+        """The TCPA prompt pools (TypeError for methods without pools)."""
+        if not isinstance(self.prompts, PromptPools):
+            raise TypeError(f"method {self.config.method!r} has no prompt pools")
+        return self.prompts
+
+    def prompt_tokens(self) -> PromptTokens:
+        """The VPT-style prompt tokens (TypeError for methods without them)."""
+        if not isinstance(self.prompts, PromptTokens):
+            raise TypeError(f"method {self.config.method!r} has no prompt tokens")
+        return self.prompts
 
     @property
     def depth(self) -> int:
@@ -137,13 +163,15 @@ class PromptedViT(nn.Module):
     def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
         pe = self.backbone.patch_embed
         if getattr(self.backbone, "dynamic_img_size", False):
-            return tuple(pe.dynamic_feat_size(tuple(images.shape[-2:])))
-        return tuple(pe.grid_size)
+            height, width = pe.dynamic_feat_size((int(images.shape[-2]), int(images.shape[-1])))
+            return int(height), int(width)
+        return int(pe.grid_size[0]), int(pe.grid_size[1])
 
     def token_layout(self, grid_size: tuple[int, int]) -> TokenLayout:
         """Layout of the captured attention for an input with this patch grid."""
         cls_cols, image_cols, shared = self.spec.key_columns(self)
-        return TokenLayout(num_prefix=self.num_prefix, grid_size=tuple(grid_size), num_cls_prompt_keys=cls_cols,
+        return TokenLayout(num_prefix=self.num_prefix, grid_size=(int(grid_size[0]), int(grid_size[1])),
+                           num_cls_prompt_keys=cls_cols,
                            num_image_prompt_keys=image_cols, num_shared_prompt_keys=shared,
                            prompt_length=self.config.prompt_length, has_cls_token=self.backbone.cls_token is not None)
 
@@ -251,6 +279,17 @@ class PromptedViT(nn.Module):
         return prompts.unsqueeze(0)
 
 
+def unwrap_model(model: nn.Module) -> PromptedViT:
+    """The ``PromptedViT`` itself, or the one inside a ``DistributedDataParallel`` wrapper."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, PromptedViT):
+        raise UnsupportedModelError(
+            f"expected a PromptedViT (from tcpa_core.build_model or load_checkpoint), got {type(inner).__name__}; "
+            "wrap a timm ViT with build_model(vit, PromptConfig(method='none')) first."
+        )
+    return inner
+
+
 def build_model(
     model: str | VisionTransformer,
     config: PromptConfig | None = None,
@@ -304,17 +343,16 @@ def build_model(
             f"model must be a timm model name (e.g. 'vit_base_patch16_224') or a timm VisionTransformer, got "
             f"{type(model).__name__} {model!r}."
         )
-    if not isinstance(backbone, VisionTransformer):
-        _check_backbone(backbone)
+    vit = _check_backbone(backbone)
     if checkpoint is not None:
         from .weights_io import load_backbone_weights
 
-        load_backbone_weights(backbone, checkpoint)
+        load_backbone_weights(vit, checkpoint)
     if num_classes is None:
-        num_classes = backbone.num_classes
+        num_classes = vit.num_classes
     if not num_classes:
         raise PromptConfigError("num_classes must be given (the backbone has no classifier head): e.g. num_classes=10.")
-    return PromptedViT(backbone, config, num_classes, backbone_name=name)
+    return PromptedViT(vit, config, num_classes, backbone_name=name)
 
 
 def _check_num_classes(num_classes: Any) -> int:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from tcpa_core.checkpoint import atomic_write
+from tcpa_core.data import dataset_size
 from tcpa_core.errors import EmptyDatasetError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -107,7 +108,7 @@ def extract_features(
     if cache_dir is not None and not name:
         raise ValueError("caching needs a name: pass name=... together with cache_dir")
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        expected = len(data)  # type: ignore[arg-type]
+        expected: int | None = dataset_size(data)
         loader: Iterable[Any] = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     else:
         loader = data
@@ -128,16 +129,16 @@ def extract_features(
         total = None
     with torch.inference_mode():
         for batch in tqdm(loader, total=total, desc=f"features {name or ''}".strip(), disable=not progress):
-            images, labels = _split_batch(batch)
+            images, batch_labels = _split_batch(batch)
             if device is not None:
                 images = images.to(device)
-            out = feature_fn(images)
-            out = out.detach().float().cpu().reshape(out.shape[0], -1).numpy()
+            batch_features = feature_fn(images)
+            out = batch_features.detach().float().cpu().reshape(batch_features.shape[0], -1).numpy()
             feats.append(out)
-            if labels is None:
+            if batch_labels is None:
                 labs.append(np.full(out.shape[0], -1, dtype=np.int64))
             else:
-                labs.append(np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1))
+                labs.append(np.asarray(torch.as_tensor(batch_labels).cpu(), dtype=np.int64).reshape(-1))
     if not feats:
         raise EmptyDatasetError("the data yielded no batches: there are no samples to extract features from")
     features = np.concatenate(feats).astype(np.float32, copy=False)

@@ -218,7 +218,7 @@ def run_tsne(
     with threadpool_limits(limits=n_jobs):
         t0 = time.perf_counter()
         reduced = x
-        if used_pca:
+        if pca_dims is not None and used_pca:
             reduced = PCA(n_components=min(int(pca_dims), n, d), random_state=random_state).fit_transform(x)
         timings["pca"] = time.perf_counter() - t0
         t0 = time.perf_counter()
