@@ -8,10 +8,14 @@ from .errors import (
     BackboneMismatchError,
     CheckpointError,
     DatasetError,
+    DeviceError,
     EmptyDatasetError,
     ImageFormatError,
     InputShapeError,
+    OutputPathError,
     PromptConfigError,
+    RunExistsError,
+    RunLockedError,
     TCPAError,
     TrainConfigError,
     TrainingError,
@@ -19,6 +23,7 @@ from .errors import (
 )
 from .layout import TokenLayout
 from .model import PromptedViT, build_model
+from .run_lock import RunLock
 from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
@@ -26,4 +31,5 @@ __all__ = [
     "BackboneMismatchError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
     "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
+    "DeviceError", "OutputPathError", "RunExistsError", "RunLockedError", "RunLock",
 ]
