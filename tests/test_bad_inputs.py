@@ -34,7 +34,7 @@ from tcpa_viz.cli import main
 ARCH = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 OTHER_ARCH = dict(ARCH, patch_size=16)  # another patch grid (2x2 instead of 4x4)
 POOLS = ["--cls-pool-size", "4", "--image-pool-size", "4", "--cls-topk", "2", "--image-topk", "2"]
-CORE_XFAIL = pytest.mark.xfail(reason="core validation not merged", strict=False)
+CORE_ROW_MARKS: tuple[Any, ...] = ()  # rows checked by tcpa_core's own boundary validation (core branch)
 
 
 def _weights(path: Path, arch: dict[str, Any], seed: int) -> Path:
@@ -231,8 +231,8 @@ if not torch.cuda.is_available():
 CORE_ROWS = {"train-backbone-kwargs-timm-rejects"}  # build_model's own validation (tcpa_core.model)
 
 
-@pytest.mark.parametrize("argv, fragment", [pytest.param(*c[1:], id=c[0], marks=CORE_XFAIL if c[0] in CORE_ROWS else ())
-                                            for c in CLI_CASES])
+@pytest.mark.parametrize("argv, fragment", [
+    pytest.param(*c[1:], id=c[0], marks=CORE_ROW_MARKS if c[0] in CORE_ROWS else ()) for c in CLI_CASES])
 def test_cli_bad_input_is_one_line_and_changes_nothing(runs, capsys, argv, fragment):
     shutil.rmtree(runs["scratch"], ignore_errors=True)
     before = _checksums(runs["root"] / "runs")
@@ -299,23 +299,23 @@ def _layers_iterator() -> None:
 
 
 LIBRARY_REFUSALS: list[tuple[str, Callable[[], Any], str, Any]] = [
-    ("promptconfig-topk-string", lambda: _prompt_config(method="tcpa", cls_topk="3"), "cls_topk", CORE_XFAIL),
+    ("promptconfig-topk-string", lambda: _prompt_config(method="tcpa", cls_topk="3"), "cls_topk", CORE_ROW_MARKS),
     ("promptconfig-pool-negative", lambda: _prompt_config(method="tcpa", image_pool_size=-1), "image_pool_size", ()),
     ("promptconfig-dropout-2", lambda: _prompt_config(method="tcpa", prompt_dropout=2.0), "prompt_dropout", ()),
     ("promptconfig-unknown-method", lambda: _prompt_config(method="nope"), "nope", ()),
-    ("build-model-num-classes-0", lambda: _build(num_classes=0), "num_classes", CORE_XFAIL),
-    ("build-model-num-classes-string", lambda: _build(num_classes="10"), "num_classes", CORE_XFAIL),
+    ("build-model-num-classes-0", lambda: _build(num_classes=0), "num_classes", CORE_ROW_MARKS),
+    ("build-model-num-classes-string", lambda: _build(num_classes="10"), "num_classes", CORE_ROW_MARKS),
     ("build-model-timm-rejects-kwargs", lambda: __import__("tcpa_core").build_model(
         "vit_tiny_patch16_224", _prompt_config(method="vpt-deep"), num_classes=3, no_such_option=1),
-     "no_such_option", CORE_XFAIL),
-    ("capture-not-a-promptedvit", lambda: _capture(torch.nn.Linear(2, 2)), "PromptedViT", CORE_XFAIL),
-    ("capture-unknown-name", lambda: _capture(_tiny_model(), names=["atn"]), "atn", CORE_XFAIL),
-    ("capture-layer-out-of-range", lambda: _capture(_tiny_model(), layers=[5]), "5", CORE_XFAIL),
+     "no_such_option", CORE_ROW_MARKS),
+    ("capture-not-a-promptedvit", lambda: _capture(torch.nn.Linear(2, 2)), "PromptedViT", CORE_ROW_MARKS),
+    ("capture-unknown-name", lambda: _capture(_tiny_model(), names=["atn"]), "atn", CORE_ROW_MARKS),
+    ("capture-layer-out-of-range", lambda: _capture(_tiny_model(), layers=[5]), "5", CORE_ROW_MARKS),
     ("check-same-backbone-grid", lambda: check_same_backbone(_tiny_model(), _other_model()), "patch grid", ()),
 ]
 LIBRARY_ACCEPTS: list[tuple[str, Callable[[], None], Any]] = [
-    ("input-float64-cast-or-refused-by-name", _double_input, CORE_XFAIL),
-    ("capture-names-as-one-string", _names_as_string, CORE_XFAIL),
+    ("input-float64-cast-or-refused-by-name", _double_input, CORE_ROW_MARKS),
+    ("capture-names-as-one-string", _names_as_string, CORE_ROW_MARKS),
     ("capture-layers-any-iterable", _layers_iterator, ()),
 ]
 
