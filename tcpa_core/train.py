@@ -578,8 +578,8 @@ def resume_differences(out_dir: str | Path, model: nn.Module, train_set: Dataset
     except CheckpointError:
         return ["the training state is unreadable"]
     inner = unwrap_model(model)
-    identity = _run_identity(inner, cfg, backbone_fingerprint(inner.backbone), len(train_set),
-                             len(val_set) if val_set is not None else 0, dict(meta or {}))
+    identity = _run_identity(inner, cfg, backbone_fingerprint(inner.backbone), dataset_size(train_set),
+                             dataset_size(val_set) if val_set is not None else 0, dict(meta or {}))
     if state.get("version") != STATE_VERSION:
         return ["state file version"]
     return _identity_diff(state.get("identity", {}), identity)

@@ -461,7 +461,7 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
     source = {"name": DEMO_BACKBONE, "pretrained": True, "weights": None, "kwargs": {}}
     cfg = _demo_train_config(args)
     splits: dict[str, Dataset] = {}
-    planned: list[tuple[str, torch.nn.Module, str, dict[str, Any]]] = []
+    planned: list[tuple[str, PromptedViT, str, dict[str, Any]]] = []
     for method in args.methods:  # decide for every method before training any
         if not splits:
             splits["train"] = _open_split(spec, "train", None)
@@ -486,13 +486,13 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
         planned.append((method, model, status, meta))
     train_set, val_set = splits["train"], splits["val"]
     methods: dict[str, Any] = {}
-    for method, model, status, meta in planned:
+    for method, model, run_status, meta in planned:
         run_dir = out / method
-        if status == "finished":
+        if run_status == "finished":
             _say(f"[{method}] reusing the finished checkpoint in {run_dir} (same configuration)")
         else:
             _say(f"[{method}] training for {cfg.epochs} epochs on {dataset_size(train_set)} digits -> {run_dir}")
-        summary = train(model, train_set, val_set, cfg, run_dir, resume=status in ("finished", "resumable"),
+        summary = train(model, train_set, val_set, cfg, run_dir, resume=run_status in ("finished", "resumable"),
                         meta=meta, overwrite=args.force)
         best = load_checkpoint(run_dir / "best", backbone=DEMO_BACKBONE)
         test = evaluate(best, splits["test"], batch_size=2 * cfg.batch_size,
@@ -507,7 +507,7 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "checkpoint": str(run_dir / "best"),
             "run_dir": str(run_dir),
-            "cached": status == "finished",
+            "cached": run_status == "finished",
             "prompt_config": model.config.to_dict(),
             "train_config": cfg.to_dict(),
         }
