@@ -6,6 +6,7 @@ matplotlib figures are built without pyplot (no global state; saved with the Agg
 figures are written as self-contained HTML by :func:`save_figure`.
 """
 
+from .atlas import CollapseCriteria, ImportanceResult, PromptAtlas, prompt_atlas, prompt_importance
 from .attention_maps import TokenAttention, key_column_map, token_attention
 from .features import FeatureSet, extract_features, feature_cache_path
 from .heatmap import attention_matrix, plot_attention_heatmap_matplotlib, plot_attention_heatmap_plotly
@@ -66,6 +67,8 @@ from .tokens import key_labels, query_label, query_labels, reduce_heads, resolve
 from .tsne import TSNEResult, embedding_metrics, knn_accuracy, plot_tsne_matplotlib, plot_tsne_plotly, run_tsne
 
 __all__ = [
+    # dataset-level and causal prompt analysis
+    "prompt_atlas", "prompt_importance", "PromptAtlas", "ImportanceResult", "CollapseCriteria",
     # attention maps and rollout
     "TokenAttention", "token_attention", "key_column_map", "attention_rollout", "rollout_map",
     "token_token_block",

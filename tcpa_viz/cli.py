@@ -649,5 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup_distributed()
 
 
+from .commands import atlas  # noqa: E402,F401
+
 if __name__ == "__main__":
     sys.exit(main())

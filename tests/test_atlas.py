@@ -16,7 +16,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import Dataset
 
 from tcpa_core import PromptConfig, PromptConfigError, UnsupportedModelError, build_model, capture
-from tcpa_viz.atlas import prompt_atlas
+from tcpa_viz.atlas import prompt_atlas, prompt_importance
 from tcpa_viz.atlas.nmi import nmi_from_table
 
 NC, NI, KC, KI, CLASSES = 6, 7, 3, 2, 4
@@ -138,6 +138,31 @@ def test_counts_equal_a_recount_from_capture():
     assert {"layer", "pool", "entry", "selected", "top1", "rank_weighted"} <= set(rows[0])
 
 
+def test_gallery_is_the_top_n_of_the_captured_similarities():
+    model, data = make_model(), Images(9)
+    atlas = prompt_atlas(model, data, batch_size=2, progress=False, num_shuffles=0, gallery_size=4)
+    with torch.no_grad(), capture(model, names=["cls_sim", "sim", "image_assign"]) as cache:
+        model(data.images)
+    for layer in range(model.depth):
+        for pool, name in (("cls", "cls_sim"), ("image", "sim")):
+            sim = cache[name, layer].numpy()  # [B, T, N]
+            records = atlas.gallery_records(layer, pool)
+            for e, gallery in enumerate(records):
+                top = np.sort(sim[:, :, e].ravel())[::-1][:4]
+                # the best similarities, each the captured one of its (image, patch), no pair twice (batches of 2
+                # and of 9 differ by float rounding, so near-ties may come in either order)
+                np.testing.assert_allclose([g["similarity"] for g in gallery], top, atol=1e-6)
+                for g in gallery:
+                    assert sim[g["image"], max(g["patch"], 0), e] == pytest.approx(g["similarity"], abs=1e-6)
+                    assert (g["patch"] == -1) == (pool == "cls")
+                assert len({(g["image"], g["patch"]) for g in gallery}) == 4
+                if pool == "image":
+                    assign = cache["image_assign", layer]
+                    for g in gallery:
+                        chosen = assign[g["image"], g["patch"]].tolist()
+                        assert g["rank"] == (chosen.index(e) if e in chosen else -1)
+
+
 def test_nmi_from_table_matches_scikit_learn():
     rng = np.random.default_rng(0)
     for n_a, n_b in ((3, 4), (1, 5), (1, 1), (6, 2)):
@@ -247,3 +272,40 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     for key, sample in single["samples"].items():
         for mine, theirs in zip(sample, ddp["samples"][key], strict=True):
             np.testing.assert_array_equal(mine, theirs)
+
+
+def test_importance_rows_and_an_unselected_entry_is_exactly_zero(tmp_path):
+    from tcpa_core import intervene
+    from tcpa_viz.atlas.outputs import write_ablation
+
+    model, data = make_model(collapsed=True), Images(6)
+    result = prompt_importance(model, data, layers=[-1], batch_size=4, progress=False)
+    entries = result.entries()
+    assert len(entries) == (NC + NI) * 2 and len(result.rules()) == 3
+    assert [r["mode"] for r in result.rules()] == ["random", "shared", "all"]
+    unselected = [r for r in entries if r["images_selecting"] == 0 and r["mode"] == "mask"]
+    assert unselected, "the collapsed model selects the same entries everywhere, so some are never selected"
+    for r in unselected:
+        assert r["delta_accuracy"] == 0.0 and r["delta_true_logit"] == 0.0 and r["changed_predictions"] == 0.0
+    # a selected entry: the batched partial rerun equals a whole-model forward under intervene
+    model, data = make_model(), Images(6)
+    result = prompt_importance(model, data, layers=[0], pools=["image"], entries=[1, 2], batch_size=4,
+                               progress=False, rules=["shared"])
+    with torch.no_grad():
+        base = model(data.images)
+        labels = torch.tensor(data.targets)
+        for r in result.entries():
+            edit = {"mask_prompts" if r["mode"] == "mask" else "remove_prompts": {0: {"image": [r["entry"]]}}}
+            with intervene(model, **edit):
+                logits = model(data.images)
+            assert r["accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+            true = logits[torch.arange(6), labels] - base[torch.arange(6), labels]
+            assert r["delta_true_logit"] == pytest.approx(float(true.mean()), abs=1e-5)
+        with intervene(model, selection="shared"):
+            shared = float((model(data.images).argmax(-1) == labels).float().mean())
+    assert result.rules()[0]["accuracy"] == pytest.approx(shared)
+    path = write_ablation(result, tmp_path, formats=["png"])[0]
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:7] == ["layer", "pool", "entry", "mode", "accuracy", "delta_accuracy", "delta_true_logit"]
+    rows = path.read_text().splitlines()[1:]
+    assert sum(row.startswith("all,") for row in rows) == 1 and len(rows) == 5
