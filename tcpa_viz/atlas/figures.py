@@ -35,7 +35,8 @@ def usage_heatmap(atlas: PromptAtlas) -> tuple[Figure, go.Figure]:
     from plotly.subplots import make_subplots
 
     pools = _pools(atlas)
-    fig = Figure(figsize=(5.5 * len(pools), 2.0 + 1.9 * len(MEASURES) * max(len(atlas.layers), 3) / 6))
+    fig = Figure(figsize=(5.5 * len(pools), 2.0 + 1.9 * len(MEASURES) * max(len(atlas.layers), 3) / 6),
+                 layout="constrained")
     axes = fig.subplots(len(MEASURES), len(pools), squeeze=False)
     titles = [f"{POOL_TITLES[p]}: {label}" for _, label in MEASURES for p in pools]
     pfig = make_subplots(rows=len(MEASURES), cols=len(pools), subplot_titles=titles)
@@ -157,7 +158,7 @@ def spatial_maps(atlas: PromptAtlas, layer: int) -> tuple[Figure, go.Figure]:
 def gallery_figure(crops: np.ndarray, records: list[list[dict[str, Any]]], layer: int, pool: str) -> Figure:
     """Grid of gallery crops ``[N, G, h, w, 3]``: one row per entry, best similarity first."""
     n, g = crops.shape[:2]
-    fig = Figure(figsize=(1.0 * g + 1.2, 1.0 * n + 0.8))
+    fig = Figure(figsize=(1.0 * g + 1.2, 1.0 * n + 0.8), layout="constrained")
     axes = fig.subplots(n, max(g, 1), squeeze=False)
     for e in range(n):
         for j in range(g):
