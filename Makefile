@@ -22,12 +22,13 @@ browser:
 demo: install
 	$(VENV)/bin/tcpa-viz demo
 
-test: install browser
-	$(PY) -m ruff check .
-	$(PY) -m pytest
-
+# ruff over the whole tree; mypy over tcpa_core and tcpa_viz (the files of [tool.mypy] in pyproject.toml).
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint browser
+	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

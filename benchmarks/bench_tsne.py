@@ -1,10 +1,11 @@
 """Benchmark: t-SNE of 10,000 x 768 synthetic clustered features through ``tcpa_viz.run_tsne``.
 
 Bar: the embedding (PCA to 50 dims + Barnes-Hut t-SNE, 1000 iterations) finishes in <= 60 s on 2 CPU cores.
-Threads default to ``auto`` (the cores not busy with other work, see ``tcpa_viz.tsne.auto_threads``).
+Threads follow ``tcpa_core.threads.configure_threads`` (``$TCPA_NUM_THREADS``, default every core) unless
+``--n-jobs`` is given.
 The metrics (silhouette, k-NN, trustworthiness on subsamples) are timed separately.
 
-    python benchmarks/bench_tsne.py [--n 10000] [--dim 768] [--classes 10] [--n-jobs auto] [--json out.json]
+    python benchmarks/bench_tsne.py [--n 10000] [--dim 768] [--classes 10] [--n-jobs N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--n-jobs", default="auto", help="threads, or 'auto' (default: idle cores)")
+    parser.add_argument("--n-jobs", type=int, default=None, help="threads (default: the process's thread policy)")
     parser.add_argument("--json", default=None, help="also write the timings and metrics to this JSON file")
     args = parser.parse_args(argv)
 
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     features, labels = clustered_features(args.n, args.dim, args.classes)
     start, cpu_start = time.perf_counter(), time.process_time()
-    n_jobs = args.n_jobs if args.n_jobs == "auto" else int(args.n_jobs)
+    from tcpa_core.threads import configure_threads
+
+    configure_threads()
+    n_jobs = args.n_jobs
     load = os.getloadavg()[0]
     result = run_tsne(features, labels, max_iter=args.max_iter, n_jobs=n_jobs, random_state=0)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -5,6 +5,7 @@ from .capture import ActivationCache, capture
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, PromptConfig
 from .errors import (
+    BackboneArgumentError,
     BackboneMismatchError,
     CaptureError,
     CheckpointError,
@@ -27,7 +28,8 @@ from .train import EvalResult, TrainConfig, evaluate, extract_features
 __all__ = [
     "METHODS", "PromptConfig", "PromptMethod", "get_method", "list_methods", "register_method", "PromptedViT",
     "build_model", "capture", "intervene", "ActivationCache", "TokenLayout",
-    "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
-    "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
+    "BackboneArgumentError", "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError",
+    "EmptyDatasetError", "ImageFormatError", "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError",
+    "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
 ]

@@ -16,28 +16,28 @@ Two exact ways of computing it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from timm.models.vision_transformer import Attention, Block
 
 if TYPE_CHECKING:
     from .hooks import BlockHooks
 
 
-def _heads(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """[B, N, H*hd] -> [B, H, N, hd]."""
     return x.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
 
 
-def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def project_qkv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values of normalised tokens ``x`` [B, N, D], each [B, H, N, hd] (q/k norm applied)."""
     q, k, v = attn.qkv(x).chunk(3, dim=-1)
     return attn.q_norm(_heads(attn, q)), attn.k_norm(_heads(attn, k)), _heads(attn, v)
 
 
-def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project_kv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values only (no queries) of normalised tokens ``x`` [B, P, D], each [B, H, P, hd]."""
     width = attn.num_heads * attn.head_dim
     bias = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
@@ -114,19 +114,25 @@ def fused_masked_attention(
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
 
 
-def _finish_block(block: nn.Module, x: torch.Tensor, h: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
+def block_attention(block: Block) -> Attention:
+    """The attention module of a timm ``Block`` (timm types it as a plain ``nn.Module``)."""
+    return cast(Attention, block.attn)
+
+
+def _finish_block(block: Block, x: torch.Tensor, h: torch.Tensor, heads_out: torch.Tensor) -> torch.Tensor:
     """Output projection, residuals and MLP. ``x`` block input, ``h`` = norm1(x), ``heads_out`` [B,H,N,hd]."""
-    attn = block.attn
+    attn = block_attention(block)
     out = attn.norm(heads_out.transpose(1, 2).flatten(2))
-    if getattr(attn, "gate", None) is not None:
-        out = out * attn.gate(h).sigmoid()
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        out = out * gate(h).sigmoid()
     out = attn.proj_drop(attn.proj(out))
     x = x + block.drop_path1(block.ls1(out))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def block_explicit(
-    block: nn.Module,
+    block: Block,
     x: torch.Tensor,
     num_prefix: int,
     prompts: torch.Tensor | None = None,
@@ -145,7 +151,7 @@ def block_explicit(
     Returns:
         block output [B, N, D], attention before and after the mask [B, H, N, K], mask [B, N, K] or None.
     """
-    attn = block.attn
+    attn = block_attention(block)
     h = block.norm1(x)
     q, k, v = project_qkv(attn, h)
     mask = None
@@ -166,7 +172,7 @@ def block_explicit(
 
 
 def sequence_block_explicit(
-    block: nn.Module, x: torch.Tensor, num_prefix: int, num_prompts: int, hooks: BlockHooks
+    block: Block, x: torch.Tensor, num_prefix: int, num_prompts: int, hooks: BlockHooks
 ) -> torch.Tensor:
     """One timm ``Block`` on a full sequence ``[prefix | prompts | patches]`` (``num_prompts`` prompt rows,
     which are queries too, as in VPT) with explicit attention.
@@ -175,7 +181,7 @@ def sequence_block_explicit(
     sequence; the mask is all True) and what ``attn`` returns is used for those rows; the prompt rows keep
     their own attention. Returns the block output ``[B, S, D]``.
     """
-    attn = block.attn
+    attn = block_attention(block)
     h = block.norm1(x)
     q, k, v = project_qkv(attn, h)
     full = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
@@ -192,7 +198,7 @@ def sequence_block_explicit(
 
 
 def block_fused(
-    block: nn.Module, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None,
+    block: Block, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None,
     present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One timm ``Block`` with key/value-only prompts through fused attention (no matrices kept).
@@ -203,7 +209,7 @@ def block_fused(
     Returns:
         [B, N, D]
     """
-    attn = block.attn
+    attn = block_attention(block)
     h = block.norm1(x)
     q, k, v = project_qkv(attn, h)
     pk, pv = project_kv(attn, block.norm1(prompts))

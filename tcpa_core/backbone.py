@@ -47,7 +47,8 @@ def tcpa_demo_vit(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(timm_only, None)
     model = VisionTransformer(**{**DEMO_ARCH, **kwargs})
-    model.pretrained_cfg = {
+    # timm sets ``pretrained_cfg`` on the instance; VisionTransformer does not declare the attribute.
+    model.pretrained_cfg = {  # type: ignore[assignment]
         "architecture": DEMO_BACKBONE, "input_size": (3, 64, 64), "mean": DEMO_MEAN, "std": DEMO_STD,
         "num_classes": model.num_classes, "interpolation": "bilinear", "crop_pct": 1.0,
     }

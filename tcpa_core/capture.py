@@ -119,16 +119,17 @@ def check_layers(layers: Any, depth: int, what: str = "layers", error: type[Exce
             raise error(
                 f"{what} must be a block index or an iterable of them (e.g. [0, -1]), got {type(layers).__name__}."
             ) from None
-    chosen = []
+    chosen: list[int] = []
     for layer in items:
         if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise error(f"{what} must hold integer block indices, got {type(layer).__name__} {layer!r}.")
-        if not -depth <= layer < depth:
+        index = int(layer)
+        if not -depth <= index < depth:
             raise error(
-                f"layer {int(layer)} is out of range for a model with {depth} blocks; use 0..{depth - 1} "
+                f"layer {index} is out of range for a model with {depth} blocks; use 0..{depth - 1} "
                 f"or -{depth}..-1."
             )
-        chosen.append(int(layer) % depth)
+        chosen.append(index % depth)
     return sorted(set(chosen))
 
 
@@ -204,7 +205,7 @@ def capture(
         CaptureError: bad layers, names, dtype or device (checked before anything is hooked).
     """
     inner = prompted_model(model, "capture")
-    hooks: list[BlockHooks] = list(inner.hooks)
+    hooks: list[BlockHooks] = [inner.block_hooks(layer) for layer in range(inner.depth)]
     depth = len(hooks)
     wanted = _check_names(names)
     chosen = check_layers(layers, depth) if layers is not None else list(range(depth))

@@ -27,15 +27,19 @@ import zipfile
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .backbone import DEMO_BACKBONE
 from .config import PromptConfig
-from .errors import BackboneMismatchError, CheckpointError
+from .errors import BackboneMismatchError, CheckpointError, UnsupportedModelError
 from .weights_io import backbone_fingerprint
+
+if TYPE_CHECKING:
+    from .model import PromptedViT
 
 FORMAT = "tcpa-checkpoint"
 FORMAT_VERSION = 1
@@ -65,7 +69,7 @@ def _current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file in the same directory,
     which is flushed, fsynced and then renamed over ``path``. On any error the old file is untouched and
     the temporary file is removed."""
@@ -129,10 +133,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _unwrap_model(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def describe_backbone(model: nn.Module, source: Mapping[str, Any] | None = None,
                       fingerprint: str | None = None) -> dict[str, Any]:
     """The ``backbone`` entry of a checkpoint's JSON: name, fingerprint and where the weights came from.
@@ -141,7 +141,9 @@ def describe_backbone(model: nn.Module, source: Mapping[str, Any] | None = None,
     ``kwargs`` (extra ``timm.create_model`` arguments) so that :func:`load_checkpoint` can rebuild it.
     ``fingerprint`` skips hashing the backbone when the caller already has it.
     """
-    model = _unwrap_model(model)
+    from .model import unwrap_model
+
+    model = unwrap_model(model)
     source = dict(source or {})
     return {
         "name": source.get("name") or model.backbone_name,
@@ -153,13 +155,9 @@ def describe_backbone(model: nn.Module, source: Mapping[str, Any] | None = None,
     }
 
 
-def _data_config(model: nn.Module) -> dict[str, Any]:
-    """timm's data config of the backbone, with the input size the backbone was actually built for."""
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
-    img_size = getattr(getattr(model.backbone, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        cfg["input_size"] = [3, *map(int, img_size)]
-    return cfg
+def _data_config(model: PromptedViT) -> dict[str, Any]:
+    """The model's data config (:attr:`PromptedViT.data_config`: the input size it was built for) as JSON."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
 
 
 # ------------------------------------------------------------------------------------------ save
@@ -184,7 +182,9 @@ def save_checkpoint(
     """
     from safetensors.torch import save as save_bytes
 
-    model = _unwrap_model(model)
+    from .model import unwrap_model
+
+    model = unwrap_model(model)
     extra = dict(extra_meta or {})
     recorded_source = extra.pop("backbone_source", None)
     source = backbone_source or recorded_source
@@ -283,7 +283,7 @@ def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
 
 
 def _build(meta: dict[str, Any], backbone: str | nn.Module | None, checkpoint: str | Path | None,
-           pretrained: bool | None) -> nn.Module:
+           pretrained: bool | None) -> PromptedViT:
     import timm
 
     from .model import build_model
@@ -292,6 +292,10 @@ def _build(meta: dict[str, Any], backbone: str | nn.Module | None, checkpoint: s
     num_classes = int(meta["num_classes"])
     info = meta.get("backbone", {})
     if isinstance(backbone, nn.Module):
+        if not isinstance(backbone, VisionTransformer):
+            raise UnsupportedModelError(
+                f"backbone must be a timm VisionTransformer or a timm model name, got {type(backbone).__name__}."
+            )
         return build_model(backbone, cfg, num_classes=num_classes, checkpoint=checkpoint)
     name = backbone or info.get("name")
     same_name = name == info.get("name")
@@ -321,7 +325,7 @@ def load_checkpoint(
     checkpoint: str | Path | None = None,
     pretrained: bool | None = None,
     device: str | torch.device = "cpu",
-) -> nn.Module:
+) -> PromptedViT:
     """Rebuild the ``PromptedViT`` saved at ``path`` and load its trained tensors.
 
     The backbone is rebuilt from the name in the checkpoint (``tcpa_demo_vit`` loads the shipped weights

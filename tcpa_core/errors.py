@@ -20,6 +20,10 @@ class CaptureError(TCPAError, ValueError):
     not floating, a device that does not exist)."""
 
 
+class BackboneArgumentError(UnsupportedModelError):
+    """Arguments for ``timm.create_model`` (``--backbone-kwargs``) that timm rejects."""
+
+
 class InputShapeError(TCPAError, ValueError):
     """An input tensor or image whose size, channels or dtype the backbone cannot take."""
 

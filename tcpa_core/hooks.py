@@ -80,6 +80,16 @@ class BlockHooks(nn.Module):
     """The hook points of one block (names and shapes in :data:`BLOCK_HOOKS`)."""
 
     NAMES: tuple[str, ...] = tuple(BLOCK_HOOKS)
+    resid_pre: HookPoint
+    cls_sim: HookPoint
+    sim: HookPoint
+    cls_assign: HookPoint
+    image_assign: HookPoint
+    prompt_columns: HookPoint
+    prompts: HookPoint
+    attn_raw: HookPoint
+    mask: HookPoint
+    attn: HookPoint
 
     def __init__(self) -> None:
         super().__init__()

@@ -37,12 +37,13 @@ def _pool_methods() -> str:
 def _layer(layer: Any, depth: int, what: str) -> int:
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
         raise PromptConfigError(f"{what}: block indices must be integers, got {type(layer).__name__} {layer!r}.")
-    if not -depth <= layer < depth:
+    index = int(layer)
+    if not -depth <= index < depth:
         raise PromptConfigError(
-            f"{what}: block {int(layer)} does not exist in a model with {depth} blocks; use 0..{depth - 1} "
+            f"{what}: block {index} does not exist in a model with {depth} blocks; use 0..{depth - 1} "
             f"or -{depth}..-1."
         )
-    return int(layer) % depth
+    return index % depth
 
 
 def _entries(spec: Any, pools: PromptPools, depth: int, what: str) -> dict[int, dict[str, frozenset[int]]]:
@@ -77,12 +78,13 @@ def _entries(spec: Any, pools: PromptPools, depth: int, what: str) -> dict[int, 
                         f"{what}[{raw_layer!r}][{pool!r}]: entries must be integers, got {type(entry).__name__} "
                         f"{entry!r}."
                     )
-                if not 0 <= entry < sizes[pool]:
+                index = int(entry)
+                if not 0 <= index < sizes[pool]:
                     raise PromptConfigError(
-                        f"{what}[{raw_layer!r}][{pool!r}]: entry {int(entry)} does not exist; the {pool} pool has "
+                        f"{what}[{raw_layer!r}][{pool!r}]: entry {index} does not exist; the {pool} pool has "
                         f"entries 0..{sizes[pool] - 1}."
                     )
-                chosen.add(int(entry))
+                chosen.add(index)
             merged = out.setdefault(layer, {})
             merged[pool] = merged.get(pool, frozenset()) | frozenset(chosen)
     return out
@@ -195,7 +197,7 @@ def intervene(
                 combined[layer] = combined[layer].merged(edit) if layer in combined else edit
             inner._block_edits = combined
         for name, layer, fn in generic:
-            point: HookPoint = inner.hook_features if layer is None else inner.hooks[layer].point(name)
+            point: HookPoint = inner.hook_features if layer is None else inner.block_hooks(layer).point(name)
             removers.append(point.add_edit(_bind(fn, layer)))
         yield inner
     finally:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from .config import PromptConfig
-from .errors import CheckpointError, InputShapeError, UnsupportedModelError
+from .errors import BackboneArgumentError, CheckpointError, InputShapeError, PromptConfigError, UnsupportedModelError
 from .hooks import BlockEdit, BlockHooks, HookPoint
 from .layout import TokenLayout
 from .methods import PromptMethod
@@ -22,7 +23,8 @@ _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "dr
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
 
-def _check_backbone(backbone: nn.Module) -> None:
+def _check_backbone(backbone: nn.Module) -> VisionTransformer:
+    """``backbone`` itself when it is a timm ViT of pre-norm blocks (UnsupportedModelError otherwise)."""
     if not isinstance(backbone, VisionTransformer):
         raise UnsupportedModelError(
             f"build_model needs a timm VisionTransformer (e.g. 'vit_base_patch16_224'), got "
@@ -36,6 +38,7 @@ def _check_backbone(backbone: nn.Module) -> None:
                 f"block {i} of this ViT is a {type(block).__name__} (missing {missing or 'pre-norm layout'}); "
                 "only pre-norm timm Blocks with timm Attention are supported."
             )
+    return backbone
 
 
 class PromptedViT(nn.Module):
@@ -51,7 +54,10 @@ class PromptedViT(nn.Module):
                  backbone_name: str | None = None) -> None:
         super().__init__()
         _check_backbone(backbone)
+        if not isinstance(config, PromptConfig):
+            raise PromptConfigError(f"config must be a PromptConfig, got {type(config).__name__}.")
         config.validate()
+        num_classes = _check_num_classes(num_classes)
         self.config = config
         self.backbone_name = backbone_name or getattr(backbone, "pretrained_cfg", {}).get(
             "architecture", type(backbone).__name__)
@@ -83,15 +89,39 @@ class PromptedViT(nn.Module):
         elif kind == "conv":
             self.input_prompt = ConvPrompt(backbone.patch_embed.proj.in_channels)
 
-        self.hooks = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.hooks: nn.ModuleList = nn.ModuleList(BlockHooks() for _ in range(depth))
+        self.checkpoint_meta: dict[str, Any] = {}
+        """The JSON description of the checkpoint this model was loaded from (empty for a new model)."""
         self.hook_features = HookPoint()
         self.hook_layout = HookPoint()
         self._block_edits: dict[int, BlockEdit] | None = None
 
     # ----------------------------------------------------------------------------------------- utils
+    backbone: VisionTransformer
+
     @property
     def num_prefix(self) -> int:
         return self.backbone.num_prefix_tokens
+
+    def block(self, layer: int) -> Block:
+        """The timm block ``layer`` of the backbone."""
+        return cast(Block, self.backbone.blocks[layer])
+
+    def block_hooks(self, layer: int) -> BlockHooks:
+        """The hook points of block ``layer``."""
+        return cast(BlockHooks, self.hooks[layer])
+
+    def prompt_pools(self) -> PromptPools:
+        """The TCPA prompt pools (TypeError for methods without pools)."""
+        if not isinstance(self.prompts, PromptPools):
+            raise TypeError(f"method {self.config.method!r} has no prompt pools")
+        return self.prompts
+
+    def prompt_tokens(self) -> PromptTokens:
+        """The VPT-style prompt tokens (TypeError for methods without them)."""
+        if not isinstance(self.prompts, PromptTokens):
+            raise TypeError(f"method {self.config.method!r} has no prompt tokens")
+        return self.prompts
 
     @property
     def depth(self) -> int:
@@ -133,13 +163,15 @@ class PromptedViT(nn.Module):
     def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
         pe = self.backbone.patch_embed
         if getattr(self.backbone, "dynamic_img_size", False):
-            return tuple(pe.dynamic_feat_size(tuple(images.shape[-2:])))
-        return tuple(pe.grid_size)
+            height, width = pe.dynamic_feat_size((int(images.shape[-2]), int(images.shape[-1])))
+            return int(height), int(width)
+        return int(pe.grid_size[0]), int(pe.grid_size[1])
 
     def token_layout(self, grid_size: tuple[int, int]) -> TokenLayout:
         """Layout of the captured attention for an input with this patch grid."""
         cls_cols, image_cols, shared = self.spec.key_columns(self)
-        return TokenLayout(num_prefix=self.num_prefix, grid_size=tuple(grid_size), num_cls_prompt_keys=cls_cols,
+        return TokenLayout(num_prefix=self.num_prefix, grid_size=(int(grid_size[0]), int(grid_size[1])),
+                           num_cls_prompt_keys=cls_cols,
                            num_image_prompt_keys=image_cols, num_shared_prompt_keys=shared,
                            prompt_length=self.config.prompt_length, has_cls_token=self.backbone.cls_token is not None)
 
@@ -247,6 +279,17 @@ class PromptedViT(nn.Module):
         return prompts.unsqueeze(0)
 
 
+def unwrap_model(model: nn.Module) -> PromptedViT:
+    """The ``PromptedViT`` itself, or the one inside a ``DistributedDataParallel`` wrapper."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, PromptedViT):
+        raise UnsupportedModelError(
+            f"expected a PromptedViT (from tcpa_core.build_model or load_checkpoint), got {type(inner).__name__}; "
+            "wrap a timm ViT with build_model(vit, PromptConfig(method='none')) first."
+        )
+    return inner
+
+
 def build_model(
     model: str | VisionTransformer,
     config: PromptConfig | None = None,
@@ -265,27 +308,91 @@ def build_model(
         checkpoint: a local backbone weight file (.pth/.pt/.npz/.safetensors) to load instead.
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``dynamic_img_size``).
     """
-    config = config or PromptConfig()
+    if config is None:
+        config = PromptConfig()
+    elif not isinstance(config, PromptConfig):
+        raise PromptConfigError(
+            f"config must be a PromptConfig, got {type(config).__name__}; build one with "
+            "PromptConfig(method='tcpa', ...) (or PromptConfig.from_dict(d) for a dict)."
+        )
+    if num_classes is not None:
+        num_classes = _check_num_classes(num_classes)
+    if not isinstance(pretrained, bool):
+        raise PromptConfigError(f"pretrained must be True or False, got {type(pretrained).__name__} {pretrained!r}.")
+    if checkpoint is not None and (not isinstance(checkpoint, str | Path) or not str(checkpoint).strip()):
+        raise PromptConfigError(
+            f"checkpoint must be the path of a backbone weight file (str or Path), got {checkpoint!r}."
+        )
     if isinstance(model, str):
-        name = model
-        try:
-            backbone = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **timm_kwargs)
-        except RuntimeError as err:
-            if "Unknown model" in str(err):
-                raise UnsupportedModelError(
-                    f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
-                ) from err
-            raise
-    else:
+        backbone = _create_backbone(model, pretrained, num_classes, timm_kwargs)
+        name: str | None = model
+    elif isinstance(model, nn.Module):
+        if timm_kwargs:
+            raise UnsupportedModelError(
+                f"timm keyword arguments {sorted(timm_kwargs)} only apply when the model is given by name; this "
+                "backbone is already built, so create it with them (or pass its timm name)."
+            )
+        if pretrained:
+            raise UnsupportedModelError(
+                "pretrained=True only applies when the model is given by name; load weights into the module "
+                "yourself or pass checkpoint=FILE."
+            )
         name, backbone = None, model
-    if not isinstance(backbone, VisionTransformer):
-        _check_backbone(backbone)
+    else:
+        raise UnsupportedModelError(
+            f"model must be a timm model name (e.g. 'vit_base_patch16_224') or a timm VisionTransformer, got "
+            f"{type(model).__name__} {model!r}."
+        )
+    vit = _check_backbone(backbone)
     if checkpoint is not None:
         from .weights_io import load_backbone_weights
 
-        load_backbone_weights(backbone, checkpoint)
+        load_backbone_weights(vit, checkpoint)
     if num_classes is None:
-        num_classes = backbone.num_classes
+        num_classes = vit.num_classes
     if not num_classes:
-        raise ValueError("num_classes must be given (the backbone has no classifier head).")
-    return PromptedViT(backbone, config, num_classes, backbone_name=name)
+        raise PromptConfigError("num_classes must be given (the backbone has no classifier head): e.g. num_classes=10.")
+    return PromptedViT(vit, config, num_classes, backbone_name=name)
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise PromptConfigError(
+            f"num_classes must be a positive integer, got {type(num_classes).__name__} {num_classes!r}."
+        )
+    if num_classes < 1:
+        raise PromptConfigError(f"num_classes must be >= 1, got {num_classes}.")
+    return int(num_classes)
+
+
+def _create_backbone(name: str, pretrained: bool, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with its failures turned into named errors."""
+    if not name.strip():
+        raise UnsupportedModelError("model is an empty name; pass a timm ViT name such as 'vit_base_patch16_224'.")
+    try:
+        backbone: nn.Module = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UnsupportedModelError(
+                f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
+            ) from err
+        if pretrained:
+            raise CheckpointError(
+                f"could not load timm's pretrained weights of {name!r} ({str(err).splitlines()[0]}); without "
+                "internet pass a local weight file with checkpoint=FILE (--checkpoint) instead."
+            ) from err
+        raise BackboneArgumentError(
+            f"timm could not build {name!r} with {kwargs or 'its defaults'}: {str(err).splitlines()[0]}."
+        ) from err
+    except (TypeError, ValueError, AssertionError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackboneArgumentError(
+            f"timm rejected the backbone arguments {kwargs} for {name!r}: {detail}. Check the names and values "
+            "against timm's VisionTransformer (e.g. img_size=224, dynamic_img_size=True)."
+        ) from err
+    except OSError as err:
+        raise CheckpointError(
+            f"could not fetch timm's pretrained weights of {name!r} ({err}); without internet pass a local "
+            "weight file with checkpoint=FILE (--checkpoint) instead."
+        ) from err
+    return backbone

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 
+from .attention import block_attention
 from .model import PromptedViT
 from .prompts import PromptPools, PromptTokens
 
@@ -22,9 +24,9 @@ def _top_entries(query: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch
     return order, sims[order]
 
 
-def _dense_block(block: torch.nn.Module, seq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _dense_block(block: Block, seq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Pre-norm block on ``seq`` [B, S, D] with ``softmax(q k^T * scale) * mask`` (mask [B, H, S, S])."""
-    attn = block.attn
+    attn = block_attention(block)
     b, s, _ = seq.shape
     h = block.norm1(seq)
     qkv = attn.qkv(h).reshape(b, s, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -34,15 +36,16 @@ def _dense_block(block: torch.nn.Module, seq: torch.Tensor, mask: torch.Tensor |
         weights = weights * mask
     out = (weights @ v).transpose(1, 2).reshape(b, s, -1)
     out = attn.norm(out)
-    if getattr(attn, "gate", None) is not None:
-        out = out * torch.sigmoid(attn.gate(h))
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        out = out * torch.sigmoid(gate(h))
     seq = seq + block.ls1(attn.proj(out))
     return seq + block.ls2(block.mlp(block.norm2(seq)))
 
 
 def _tcpa_layer_mask(model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense per-head mask [B, H, S, S] of block ``layer`` and its pool-loss term, by explicit loops."""
-    cfg, pools = model.config, model.prompts
+    cfg, pools = model.config, model.prompt_pools()
     b, n, _ = x.shape
     npre, lp = model.num_prefix, cfg.prompt_length
     nc, ni = cfg.cls_pool_size * lp, cfg.image_pool_size * lp
@@ -58,6 +61,7 @@ def _tcpa_layer_mask(model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[t
         if not model.spec.token_matching:
             cls_pick, img_picks = list(range(cfg.cls_pool_size)), [list(range(cfg.image_pool_size))] * (n - npre)
         else:
+            assert pools.cls_keys is not None and pools.image_keys is not None  # token matching has keys
             cls_idx, cls_sim = _top_entries(x[i, 0], pools.cls_keys[layer], cfg.cls_topk)
             distances_cls.append(1 - cls_sim)
             cls_pick, img_picks = cls_idx.tolist(), []
@@ -76,22 +80,24 @@ def _tcpa_layer_mask(model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[t
     loss = x.new_zeros(())
     if distances_cls:
         loss = torch.cat(distances_cls).mean() + torch.cat(distances_img).mean()
-    return mask.unsqueeze(1).expand(b, model.backbone.blocks[layer].attn.num_heads, s, s).contiguous(), loss
+    heads = block_attention(model.block(layer)).num_heads
+    return mask.unsqueeze(1).expand(b, heads, s, s).contiguous(), loss
 
 
 def _dense_tcpa_layer_mask_vectorised(model: PromptedViT, layer: int, x: torch.Tensor
                                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as :func:`_tcpa_layer_mask` without Python loops (for benchmarks at ViT-B scale)."""
-    cfg, pools = model.config, model.prompts
+    cfg, pools = model.config, model.prompt_pools()
     b, n, _ = x.shape
     npre, lp = model.num_prefix, cfg.prompt_length
     nc, ni = cfg.cls_pool_size, cfg.image_pool_size
-    heads = model.backbone.blocks[layer].attn.num_heads
+    heads = block_attention(model.block(layer)).num_heads
     if not model.spec.token_matching:
         cls_sel = torch.ones(b, 1, nc, device=x.device)
         img_sel = torch.ones(b, n - npre, ni, device=x.device)
         loss = x.new_zeros(())
     else:
+        assert pools.cls_keys is not None and pools.image_keys is not None  # token matching has keys
         cls_sim = F.cosine_similarity(x[:, :1, None], pools.cls_keys[layer][None, None], dim=-1)
         img_sim = F.cosine_similarity(x[:, npre:, None], pools.image_keys[layer][None, None], dim=-1)
         cls_top = torch.argsort(cls_sim, dim=-1, descending=True)[..., :cfg.cls_topk]
@@ -122,9 +128,9 @@ def reference_forward(model: PromptedViT, images: torch.Tensor, vectorised: bool
     """
     cfg, bb = model.config, model.backbone
     tokens = model.prompts.prompts if isinstance(model.prompts, PromptTokens) else None
-    pools = isinstance(model.prompts, PromptPools)
+    has_pools = isinstance(model.prompts, PromptPools)
     no_prompts = model.prompts is None and model.spec.key_columns(model) == (0, 0, 0)
-    if not (no_prompts or pools or (tokens is not None and tokens.shape[0] == model.depth)):
+    if not (no_prompts or has_pools or (tokens is not None and tokens.shape[0] == model.depth)):
         raise ValueError(
             f"the dense reference covers models without prompts, with per-block prompt tokens and with prompt "
             f"pools, not {model.spec.name!r}"
@@ -136,7 +142,8 @@ def reference_forward(model: PromptedViT, images: torch.Tensor, vectorised: bool
     x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
     npre = model.num_prefix
     pool_loss = x.new_zeros(())
-    for layer, block in enumerate(bb.blocks):
+    for layer in range(model.depth):
+        block = model.block(layer)
         if no_prompts:
             x = _dense_block(block, x, None)
             continue
@@ -145,8 +152,8 @@ def reference_forward(model: PromptedViT, images: torch.Tensor, vectorised: bool
             if fourier_tokens:
                 prompts = torch.cat([torch.fft.fft2(prompts[:fourier_tokens]).real, prompts[fourier_tokens:]])
         else:
-            prompts = torch.cat([model.prompts.cls_prompts[layer].flatten(0, 1),
-                                 model.prompts.image_prompts[layer].flatten(0, 1)])
+            pools = model.prompt_pools()
+            prompts = torch.cat([pools.cls_prompts[layer].flatten(0, 1), pools.image_prompts[layer].flatten(0, 1)])
             if cfg.fourier:
                 prompts = torch.fft.fft2(prompts).real
             builder = _dense_tcpa_layer_mask_vectorised if vectorised else _tcpa_layer_mask

@@ -47,6 +47,7 @@ from .checkpoint import (
     save_checkpoint,
     save_training_state,
 )
+from .data.datasets import dataset_size
 from .distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -59,6 +60,7 @@ from .distributed import (
     shard_indices,
 )
 from .errors import CheckpointError, DatasetError, EmptyDatasetError, TrainConfigError, TrainingError
+from .model import PromptedViT, unwrap_model
 from .weights_io import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        low, high = self.betas
+        self.betas = (float(low), float(high))
         self.validate()
 
     def validate(self) -> None:
@@ -190,10 +193,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def _check_dataset(dataset: Any, what: str) -> int:
     if not isinstance(dataset, Sized):
         raise DatasetError(f"The {what} dataset has no length; pass a map-style dataset (with __len__).")
@@ -248,7 +247,7 @@ def _mixup(images: torch.Tensor, labels: torch.Tensor, num_classes: int, alpha: 
 # ------------------------------------------------------------------------------------------ evaluation
 def _sharded_batches(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
                      desc: str, progress: bool) -> tuple[list[int], Any]:
-    indices = list(shard_indices(len(dataset)))
+    indices = list(shard_indices(dataset_size(dataset)))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (progress and is_main_process()))
@@ -269,21 +268,19 @@ def _gather_ordered(indices: list[int], values: list[torch.Tensor], total: int) 
 class _EvalMode:
     """Eval mode with deterministic (top-k) prompt selection, restored afterwards."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PromptedViT) -> None:
         self.model = model
         self.was_training = model.training
-        self.was_random = getattr(model, "random_selection", None)
+        self.was_random = model.random_selection
 
-    def __enter__(self) -> nn.Module:
+    def __enter__(self) -> PromptedViT:
         self.model.eval()
-        if self.was_random is not None:
-            self.model.random_selection = False
+        self.model.random_selection = False
         return self.model
 
     def __exit__(self, *exc: object) -> None:
         self.model.train(self.was_training)
-        if self.was_random is not None:
-            self.model.random_selection = self.was_random
+        self.model.random_selection = self.was_random
 
 
 @torch.no_grad()
@@ -303,7 +300,7 @@ def evaluate(
     the result counts each sample exactly once whatever the world size.
     """
     total = _check_dataset(dataset, "evaluation")
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     device = torch.device(device) if device is not None else next(inner.parameters()).device
     loss_sum, correct, preds = 0.0, 0, []
     with _EvalMode(inner):
@@ -326,7 +323,7 @@ def evaluate(
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
     batch_size: int = 256,
     *,
@@ -334,25 +331,37 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-logits features ``[N, D]`` and labels ``[N]`` of the whole dataset, in dataset order.
+    """Features ``[N, D]`` and labels ``[N]`` of the whole dataset of ``(image, label)`` pairs, in dataset order.
 
-    Under ``torchrun`` each process runs a shard and every process receives the full result.
+    ``model``: a ``PromptedViT`` (or its DDP wrapper): its pre-logits ``forward_features``, in eval mode with
+    top-k prompt selection; or any callable mapping images ``[B, C, H, W]`` to ``[B, ...]`` (flattened to
+    ``[B, D]``), run as given on ``device`` (default CPU). Under ``torchrun`` each process runs a shard and
+    every process receives the full result.
     """
     total = _check_dataset(dataset, "feature")
-    inner = _unwrap(model)
-    device = torch.device(device) if device is not None else next(inner.parameters()).device
+    if isinstance(model, nn.Module):
+        inner = unwrap_model(model)
+        where = torch.device(device) if device is not None else next(inner.parameters()).device
+        with _EvalMode(inner):
+            return _features(inner.forward_features, dataset, total, batch_size, num_workers, where, progress)
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    return _features(model, dataset, total, batch_size, num_workers, where, progress)
+
+
+def _features(feature_fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, total: int, batch_size: int,
+              num_workers: int, device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels_out = [], []
-    with _EvalMode(inner):
-        indices, batches = _sharded_batches(dataset, batch_size, num_workers, device, "features", progress)
-        for batch in batches:
-            images, labels = _split_batch(batch)
-            feats.append(inner.forward_features(images.to(device, non_blocking=True)).float().cpu())
-            labels_out.append(labels.cpu())
+    indices, batches = _sharded_batches(dataset, batch_size, num_workers, device, "features", progress)
+    for batch in batches:
+        images, labels = _split_batch(batch)
+        out = feature_fn(images.to(device, non_blocking=True))
+        feats.append(out.detach().float().cpu().reshape(out.shape[0], -1))
+        labels_out.append(labels.cpu())
     return _gather_ordered(indices, feats, total), _gather_ordered(indices, labels_out, total)
 
 
 # ------------------------------------------------------------------------------------------ training
-def _run_identity(model: nn.Module, cfg: TrainConfig, fingerprint: str, num_train: int, num_val: int,
+def _run_identity(model: PromptedViT, cfg: TrainConfig, fingerprint: str, num_train: int, num_val: int,
                   meta: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a saved state to be resumed (or reused as finished)."""
     train_cfg = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
@@ -395,15 +404,15 @@ def resume_status(out_dir: str | Path, model: nn.Module, train_set: Dataset, val
         state = load_training_state(path)
     except CheckpointError:
         return "incompatible"
-    inner = _unwrap(model)
-    identity = _run_identity(inner, cfg, backbone_fingerprint(inner.backbone), len(train_set),
-                             len(val_set) if val_set is not None else 0, dict(meta or {}))
+    inner = unwrap_model(model)
+    identity = _run_identity(inner, cfg, backbone_fingerprint(inner.backbone), dataset_size(train_set),
+                             dataset_size(val_set) if val_set is not None else 0, dict(meta or {}))
     if state.get("version") != STATE_VERSION or _identity_diff(state.get("identity", {}), identity):
         return "incompatible"
     return "finished" if int(state["epoch"]) >= cfg.epochs else "resumable"
 
 
-def _train_one_epoch(net: nn.Module, inner: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+def _train_one_epoch(net: nn.Module, inner: PromptedViT, loader: DataLoader, optimizer: torch.optim.Optimizer,
                      scheduler: LambdaLR, cfg: TrainConfig, device: torch.device, epoch: int) -> dict[str, float]:
     net.train()
     params = [p for p in inner.parameters() if p.requires_grad]
@@ -444,7 +453,7 @@ def _train_one_epoch(net: nn.Module, inner: nn.Module, loader: DataLoader, optim
             "lr": optimizer.param_groups[0]["lr"]}
 
 
-def _summary(out: Path, cfg: TrainConfig, model: nn.Module, history: list[dict[str, Any]],
+def _summary(out: Path, cfg: TrainConfig, model: PromptedViT, history: list[dict[str, Any]],
              best: dict[str, Any], num_train: int, num_val: int, steps_per_epoch: int) -> dict[str, Any]:
     train_times = [h["train_seconds"] for h in history]
     return {
@@ -505,21 +514,24 @@ def train(
         )
     out = Path(out_dir)
     device = resolve_device(cfg.device)
-    inner = _unwrap(model).to(device)
+    inner = unwrap_model(model).to(device)
     meta = dict(meta or {})
-    if meta.get("class_names") is None and getattr(train_set, "classes", None) is not None:
-        meta["class_names"] = list(train_set.classes)
+    classes = getattr(train_set, "classes", None)
+    if meta.get("class_names") is None and classes is not None:
+        meta["class_names"] = list(classes)
     fingerprint = backbone_fingerprint(inner.backbone)
     identity = _run_identity(inner, cfg, fingerprint, num_train, num_val, meta)
 
     optimizer = build_optimizer(inner, cfg)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    sampler: DistributedSampler[Any] = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                                          seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
 
-    start_epoch, history, best = 0, [], {"epoch": None, "val_acc": None}
+    best: dict[str, Any] = {"epoch": None, "val_acc": None}
+    start_epoch, history = 0, []
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
         state = load_training_state(state_path)

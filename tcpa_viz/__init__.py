@@ -3,13 +3,25 @@
 Everything here is a pure function over captured tensors (``[batch, head, query, key]`` attention,
 prompt assignments, features) and a :class:`tcpa_core.layout.TokenLayout`; nothing needs the model.
 matplotlib figures are built without pyplot (no global state; saved with the Agg renderers) and plotly
-figures are written as self-contained HTML by :func:`save_figure`.
+figures are written as HTML by :func:`save_figure` (the HTML files of a folder share one offline copy of
+plotly.js). Checkpoints are loaded once, as :class:`LoadedModel`, by :func:`load_run`; errors are
+:class:`tcpa_core.errors.TCPAError` subclasses (:mod:`tcpa_viz.errors`).
 """
 
 from .atlas import CollapseCriteria, ImportanceResult, PromptAtlas, prompt_atlas, prompt_importance
 from .attention_maps import TokenAttention, key_column_map, token_attention
+from .errors import AnalysisArgumentError, AnalysisIndexError, FigureArgumentError, IncomparableModelsError
 from .features import FeatureSet, extract_features, feature_cache_path
 from .heatmap import attention_matrix, plot_attention_heatmap_matplotlib, plot_attention_heatmap_plotly
+from .models import (
+    LoadedModel,
+    check_same_backbone,
+    comparison_problem,
+    display_image,
+    load_run,
+    read_demo_summary,
+    resolve_checkpoint,
+)
 from .overlay import (
     as_rgb_uint8,
     draw_patch_box,
@@ -38,7 +50,7 @@ from .rank import (
     write_rank_json,
 )
 from .rollout import attention_rollout, rollout_map, token_token_block
-from .saving import FigureFormatError, save_figure
+from .saving import FigureFormatError, NotAFigureError, save_figure, write_plotlyjs
 from .selection import (
     distinct_sets,
     mean_jaccard_distance,
@@ -95,7 +107,10 @@ __all__ = [
     "FeatureSet", "extract_features", "feature_cache_path", "TSNEResult", "run_tsne", "embedding_metrics",
     "knn_accuracy", "plot_tsne_matplotlib", "plot_tsne_plotly",
     # output
-    "save_figure", "FigureFormatError", "write_rows_csv", "write_rows_json", "jsonable",
+    "save_figure", "FigureFormatError", "NotAFigureError", "write_plotlyjs", "AnalysisArgumentError",
+    "AnalysisIndexError", "FigureArgumentError", "IncomparableModelsError", "LoadedModel", "check_same_backbone",
+    "comparison_problem", "display_image", "load_run", "read_demo_summary", "resolve_checkpoint",
+    "write_rows_csv", "write_rows_json", "jsonable",
     # synthetic data
     "SyntheticLayer", "synthetic_layer",
 ]

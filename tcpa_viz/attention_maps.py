@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import AnalysisArgumentError, AnalysisIndexError
 from .tokens import (
     PROMPT_GROUPS,
     HeadReduction,
@@ -132,13 +133,13 @@ def key_column_map(
     attn = check_attention(attn, layout)
     ks = layout.key_slices()
     if group not in ks or group == "patches":
-        raise ValueError(f"group must be one of prefix, {', '.join(PROMPT_GROUPS)}; got {group!r}")
+        raise AnalysisArgumentError(f"group must be one of prefix, {', '.join(PROMPT_GROUPS)}; got {group!r}")
     if pool_entry:
         cols = pool_entry_columns(layout, group, index)
     else:
         s = ks[group]
         if not 0 <= index < s.stop - s.start:
-            raise IndexError(f"{group} has {s.stop - s.start} key columns; index {index} is outside them")
+            raise AnalysisIndexError(f"{group} has {s.stop - s.start} key columns; index {index} is outside them")
         cols = slice(s.start + index, s.start + index + 1)
     patch_rows = layout.query_slices()["patches"]
     per_head = attn[:, :, patch_rows, cols].sum(dim=-1, keepdim=True)

@@ -23,8 +23,11 @@ from torch.utils.data import Dataset, Subset
 
 from tcpa_core.backbone import DEMO_BACKBONE
 from tcpa_core.config import METHODS, PromptConfig
+from tcpa_core.data import dataset_size
 from tcpa_core.distributed import cleanup_distributed, derive_seed, init_distributed, is_main_process
 from tcpa_core.errors import CheckpointError, DatasetError, TCPAError
+from tcpa_core.model import PromptedViT
+from tcpa_core.threads import configure_threads
 
 Register = Callable[[argparse._SubParsersAction], None]
 COMMANDS: list[Register] = []
@@ -134,7 +137,7 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def _prompt_config(args: argparse.Namespace) -> PromptConfig:
     names = ("cls_pool_size", "image_pool_size", "cls_topk", "image_topk", "prompt_length", "num_prompts",
              "fourier", "fourier_fraction", "input_prompt", "prompt_dropout")
-    return PromptConfig(method=args.method, **_given(args, names))
+    return PromptConfig.from_dict({"method": args.method, **_given(args, names)})
 
 
 def _train_config(args: argparse.Namespace, **defaults: Any) -> Any:
@@ -155,7 +158,7 @@ def _backbone_source(args: argparse.Namespace) -> dict[str, Any]:
             "kwargs": dict(args.backbone_kwargs or {})}
 
 
-def _build_model(source: dict[str, Any], cfg: PromptConfig, num_classes: int) -> torch.nn.Module:
+def _build_model(source: dict[str, Any], cfg: PromptConfig, num_classes: int) -> PromptedViT:
     from tcpa_core.model import build_model
 
     name = source["name"]
@@ -186,49 +189,24 @@ def _dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open_split(spec: dict[str, Any], split: str, transform: Callable[..., Any] | None) -> Dataset:
-    from tcpa_core.data.datasets import build_dataset
+    from tcpa_core.data import open_split
 
-    data = build_dataset(spec["name"], spec.get("root"), split, transform,
-                         val_fraction=spec.get("val_fraction", 0.1), seed=spec.get("seed", 0),
-                         **spec.get("options", {}))
-    limit = spec.get("max_samples")
-    if limit is not None and limit < len(data):
-        if limit < 1:
-            raise DatasetError(f"--max-samples must be >= 1, got {limit}.")
-        generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-        keep = sorted(torch.randperm(len(data), generator=generator)[:limit].tolist())
-        subset = Subset(data, keep)
-        subset.classes = list(getattr(data, "classes", []))
-        return subset
-    return data
+    return open_split(spec, split, transform)
 
 
 def _set_transform(data: Dataset, transform: Callable[..., Any]) -> Dataset:
-    (data.dataset if isinstance(data, Subset) else data).transform = transform
+    setattr(data.dataset if isinstance(data, Subset) else data, "transform", transform)  # noqa: B010
     return data
 
 
-def _transforms(model: torch.nn.Module, dataset: str, augment: bool) -> tuple[Callable, Callable]:
+def _transforms(model: PromptedViT, dataset: str, augment: bool) -> tuple[Callable, Callable]:
     from tcpa_core.data import build_transforms
 
-    cfg = {**model.data_config, "input_size": (3, *model.backbone.patch_embed.img_size)}
+    cfg = model.data_config
     eval_tf = build_transforms(cfg, train=False)
     if not augment or dataset == "digits":
         return eval_tf, eval_tf
     return build_transforms(cfg, train=True, hflip=dataset not in NO_FLIP_DATASETS), eval_tf
-
-
-def _resolve_model_dir(path: str) -> Path:
-    from tcpa_core.checkpoint import WEIGHTS_FILE
-    from tcpa_core.train import BEST_DIR
-
-    p = Path(path).expanduser()
-    if p.is_dir() and not (p / WEIGHTS_FILE).is_file() and (p / BEST_DIR / WEIGHTS_FILE).is_file():
-        return p / BEST_DIR
-    if not p.exists():
-        raise CheckpointError(f"No checkpoint at {p}: the path does not exist; pass the --out folder of "
-                              "`tcpa-viz train` (its best/ checkpoint is used) or a checkpoint folder.")
-    return p
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -248,7 +226,8 @@ def _run_train(args: argparse.Namespace) -> int:
     train_set, val_set = _set_transform(train_set, train_tf), _open_split(spec, "val", eval_tf)
     out = Path(args.out)
     meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
-    _say(f"training {model.config.method} on {args.dataset} ({len(train_set)} train / {len(val_set)} val "
+    _say(f"training {model.config.method} on {args.dataset} ({dataset_size(train_set)} train / "
+         f"{dataset_size(val_set)} val "
          f"images, {len(classes)} classes) with backbone {source['name']}; outputs in {out}")
     summary = train(model, train_set, val_set, cfg, out, resume=args.resume, meta=meta)
     acc = summary["best_val_acc"]
@@ -275,8 +254,9 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from tcpa_core.checkpoint import load_checkpoint, read_checkpoint_meta
     from tcpa_core.train import evaluate, resolve_device
+    from tcpa_viz.models import resolve_checkpoint
 
-    path = _resolve_model_dir(args.model)
+    path = resolve_checkpoint(args.model)
     meta = read_checkpoint_meta(path)
     backbone = args.backbone
     weights = Path(args.checkpoint).expanduser() if args.checkpoint else None
@@ -332,10 +312,13 @@ def _demo_train_config(args: argparse.Namespace) -> Any:
 
 
 def _demo_prompt_config(args: argparse.Namespace, method: str) -> PromptConfig:
-    if method == "tcpa":
-        return PromptConfig(method="tcpa", cls_pool_size=args.cls_pool_size, image_pool_size=args.image_pool_size,
-                            cls_topk=args.cls_topk, image_topk=args.image_topk, prompt_length=1)
-    return PromptConfig(method=method, num_prompts=args.num_prompts)
+    """The demo's settings for ``method``: the pool sizes and top-k for every method with prompt pools (the TCPA
+    family), the number of prompts for the others."""
+    if PromptConfig.from_dict({"method": method}).uses_pools:
+        return PromptConfig.from_dict({"method": method, "cls_pool_size": args.cls_pool_size,
+                                       "image_pool_size": args.image_pool_size, "cls_topk": args.cls_topk,
+                                       "image_topk": args.image_topk, "prompt_length": 1})
+    return PromptConfig.from_dict({"method": method, "num_prompts": args.num_prompts})
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -352,7 +335,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     for method in args.methods:
         if not splits:
             splits["train"] = _open_split(spec, "train", None)
-        classes = list(splits["train"].classes)
+        classes = list(getattr(splits["train"], "classes", []))
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = _build_model(source, _demo_prompt_config(args, method), len(classes))
         if "val" not in splits:
@@ -367,7 +350,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         if status == "finished":
             _say(f"[{method}] reusing the finished checkpoint in {run_dir} (same configuration)")
         else:
-            _say(f"[{method}] training for {cfg.epochs} epochs on {len(train_set)} digits -> {run_dir}")
+            _say(f"[{method}] training for {cfg.epochs} epochs on {dataset_size(train_set)} digits -> {run_dir}")
         summary = train(model, train_set, val_set, cfg, run_dir, resume=status in ("finished", "resumable"),
                         meta=meta)
         best = load_checkpoint(run_dir / "best", backbone=DEMO_BACKBONE)
@@ -485,13 +468,11 @@ def _single(values: Sequence[str], option: str) -> str | None:
 
 def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Loaded baseline/TCPA models and the data spec of the single-dataset figures and the rank report."""
-    from tcpa_viz.figures import FIGURES_SUBDIR, DataSpec, demo_checkpoints, load_model
+    from tcpa_viz.figures import FIGURES_SUBDIR, DataSpec, load_pair
 
     baseline, tcpa = _single(args.baseline, "--baseline"), _single(args.tcpa, "--tcpa")
     name, root = _single(args.dataset, "--dataset"), _single(args.data_root, "--data-root")
-    defaults = demo_checkpoints(args.demo_dir) if baseline is None or tcpa is None else (None, None)
-    base, tc = (load_model(given or default, backbone=args.backbone, backbone_weights=args.checkpoint)
-                for given, default in zip((baseline, tcpa), defaults, strict=True))
+    base, tc = load_pair(baseline, tcpa, args.demo_dir, backbone=args.backbone, backbone_weights=args.checkpoint)
     data = DataSpec(name=name, root=None if root in (None, "-") else root, split=args.split) if name else None
     if data is None and args.split != "test":
         data = DataSpec.from_meta(base.meta, args.split)
@@ -500,13 +481,13 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
-    from tcpa_viz.figures import CLUTTER_SUBJECT, clutter_rows, load_model, load_pair, rows_from_args
+    from tcpa_viz.figures import CLUTTER_SUBJECT, clutter_rows, load_pair, load_run, rows_from_args
 
     loaded: dict[str, Any] = {}
 
     def get(path: str) -> Any:
         if path not in loaded:
-            loaded[path] = load_model(path, backbone=args.backbone, backbone_weights=args.checkpoint)
+            loaded[path] = load_run(path, backbone=args.backbone, backbone_weights=args.checkpoint)
         return loaded[path]
 
     demo_like = len(args.dataset) <= 1 and (not args.dataset or args.dataset[0] == "digits") and \
@@ -521,23 +502,18 @@ def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
 
 
 def _run_figure(args: argparse.Namespace) -> int:
-    from tcpa_viz.figures import FIGURES_SUBDIR, figure1, figure3, figure5, figure6
+    from tcpa_viz.figures import FIGURES, FIGURES_SUBDIR
 
     if not is_main_process():
         return 0
-    if args.number == "6":
+    spec = FIGURES[args.number]
+    options = {name: getattr(args, name) for name in spec.options}
+    if spec.several_datasets:
         rows, subject = _figure6_rows(args)
         out = Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR
-        paths = figure6(rows, out, max_samples=args.max_samples, perplexity=args.perplexity, seed=args.seed,
-                        demo_dir=args.demo_dir, subject=subject)
+        paths = spec.func(rows, out, demo_dir=args.demo_dir, subject=subject, **options)
     else:
-        inputs = _figure_inputs(args)
-        if args.number == "1":
-            paths = figure1(**inputs, index=args.index, layer=args.layer, summary=args.summary)
-        elif args.number == "3":
-            paths = figure3(**inputs, index=args.index, layer=args.layer)
-        else:
-            paths = figure5(**inputs, max_samples=args.max_samples, perplexity=args.perplexity, seed=args.seed)
+        paths = spec.func(**_figure_inputs(args), **options)
     for path in paths:
         _say(f"wrote {path}")
     return 0
@@ -545,13 +521,14 @@ def _run_figure(args: argparse.Namespace) -> int:
 
 @command
 def _figure_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("figure", help="regenerate paper figure 1, 3, 5 or 6 for a baseline and a TCPA checkpoint",
-                       description="Fig. 1: attention of the CLS token, an object patch and a background patch, "
-                                   "and time per epoch vs accuracy. Fig. 3: 3D/2D last-layer attention. Fig. 5: "
-                                   "t-SNE of the test features (+ tsne_metrics.json). Fig. 6: t-SNE over several "
-                                   "datasets (the demo: its test digits at three clutter levels). Each writes a "
-                                   "PNG and an interactive HTML.")
-    p.add_argument("number", choices=("1", "3", "5", "6"), help="figure number")
+    from tcpa_viz.figures import FIGURES
+
+    numbers = ", ".join(FIGURES)
+    p = sub.add_parser("figure", help=f"regenerate paper figure {numbers} for a baseline and a TCPA checkpoint",
+                       description=" ".join(f"Fig. {n}: {spec.summary}." for n, spec in FIGURES.items())
+                       + " Each writes a PNG and an interactive HTML (the HTML files of a folder share one "
+                         "offline copy of plotly.js).")
+    p.add_argument("number", choices=tuple(FIGURES), help="figure number")
     _add_pair_args(p, several=True)
     g = p.add_argument_group("figure options")
     g.add_argument("--index", type=int, help="figures 1/3: sample to show (default: the first of the first 32 that "
@@ -595,6 +572,8 @@ def _dashboard_launcher() -> Callable[..., int]:
     for path in candidates:
         if path.is_file():
             spec = importlib.util.spec_from_file_location("tcpa_viz_dashboard_launch", path)
+            if spec is None or spec.loader is None:
+                continue
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module.launch
@@ -642,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        configure_threads()
         init_distributed()
         _setup_logging()
         return int(args.func(args) or 0)

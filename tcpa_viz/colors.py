@@ -6,6 +6,8 @@ import matplotlib
 import numpy as np
 from matplotlib import colors as mcolors
 
+from .errors import AnalysisArgumentError
+
 GROUP_COLORS: dict[str, str] = {
     "prefix": "#444444",
     "cls_prompts": "#d62728",
@@ -21,7 +23,9 @@ def get_cmap(name: str) -> mcolors.Colormap:
     try:
         return matplotlib.colormaps[name]
     except KeyError as err:
-        raise ValueError(f"unknown matplotlib colormap {name!r}; try 'jet', 'viridis', 'inferno', 'turbo'") from err
+        raise AnalysisArgumentError(
+            f"unknown matplotlib colormap {name!r}; try 'jet', 'viridis', 'inferno', 'turbo'"
+        ) from err
 
 
 def plotly_colorscale(name: str, n: int = 32) -> list[list[float | str]]:

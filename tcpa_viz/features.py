@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from tcpa_core.checkpoint import atomic_write
+from tcpa_core.data import dataset_size
 from tcpa_core.errors import EmptyDatasetError
+
+from .errors import AnalysisArgumentError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -46,7 +49,7 @@ class FeatureSet:
 def feature_cache_path(cache_dir: str | Path, name: str) -> Path:
     """Path of the cache file for ``name`` (letters, digits, ``.``, ``_``, ``-``; no path separators)."""
     if not _NAME_RE.match(name):
-        raise ValueError(
+        raise AnalysisArgumentError(
             f"feature cache name {name!r} must start with a letter or digit and contain only letters, "
             "digits, '.', '_' or '-'"
         )
@@ -60,11 +63,11 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         image = batch.get("image", batch.get("images"))
         label = batch.get("label", batch.get("labels"))
         if image is None:
-            raise ValueError("a dict batch needs an 'image' (or 'images') entry")
+            raise AnalysisArgumentError("a dict batch needs an 'image' (or 'images') entry")
         return image, label
     if isinstance(batch, (list, tuple)) and batch:
         return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise ValueError(f"cannot read images from a batch of type {type(batch).__name__}")
+    raise AnalysisArgumentError(f"cannot read images from a batch of type {type(batch).__name__}")
 
 
 def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +77,33 @@ def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _save_cache(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.savez(handle, features=features, labels=labels))
+
+
+def _iterate_batches(feature_fn: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Any],
+                     device: str | torch.device | None, progress: bool, name: str | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every batch of a loader or iterable (labels -1 where a batch has none)."""
+    feats: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    with torch.inference_mode():
+        for batch in tqdm(loader, total=total, desc=f"features {name or ''}".strip(), disable=not progress):
+            images, batch_labels = _split_batch(batch)
+            if device is not None:
+                images = images.to(device)
+            batch_features = feature_fn(images)
+            out = batch_features.detach().float().cpu().reshape(batch_features.shape[0], -1).numpy()
+            feats.append(out)
+            if batch_labels is None:
+                labs.append(np.full(out.shape[0], -1, dtype=np.int64))
+            else:
+                labs.append(np.asarray(torch.as_tensor(batch_labels).cpu(), dtype=np.int64).reshape(-1))
+    if not feats:
+        raise EmptyDatasetError("the data yielded no batches: there are no samples to extract features from")
+    return np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(labs)
 
 
 def extract_features(
@@ -87,7 +117,10 @@ def extract_features(
     progress: bool = True,
     overwrite: bool = False,
 ) -> FeatureSet:
-    """Run ``feature_fn`` over ``data`` without gradients and stack the results.
+    """Run ``feature_fn`` over ``data`` without gradients and stack the results, with an on-disk cache.
+
+    A map-style dataset goes through :func:`tcpa_core.train.extract_features` (the one feature loop of the
+    project, sharded under ``torchrun``); a ``DataLoader`` or other iterable is read batch by batch as given.
 
     Args:
         feature_fn: maps images ``[batch, C, H, W]`` to ``[batch, D]``.
@@ -105,13 +138,13 @@ def extract_features(
     """
     path = feature_cache_path(cache_dir, name) if (cache_dir is not None and name) else None
     if cache_dir is not None and not name:
-        raise ValueError("caching needs a name: pass name=... together with cache_dir")
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        expected = len(data)  # type: ignore[arg-type]
-        loader: Iterable[Any] = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    else:
-        loader = data
-        expected = len(data.dataset) if isinstance(data, DataLoader) and hasattr(data.dataset, "__len__") else None
+        raise AnalysisArgumentError("caching needs a name: pass name=... together with cache_dir")
+    dataset = data if isinstance(data, Dataset) and not isinstance(data, IterableDataset) else None
+    expected: int | None = None
+    if dataset is not None:
+        expected = dataset_size(dataset)
+    elif isinstance(data, DataLoader) and hasattr(data.dataset, "__len__"):
+        expected = dataset_size(data.dataset)
     if path is not None and path.is_file() and not overwrite:
         features, labels = _load_cache(path)
         if expected is None or expected == len(features):
@@ -120,28 +153,15 @@ def extract_features(
             f"feature cache {path.name} holds {len(features)} samples but the data has {expected}; recomputing",
             stacklevel=2,
         )
-    feats: list[np.ndarray] = []
-    labs: list[np.ndarray] = []
-    try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    with torch.inference_mode():
-        for batch in tqdm(loader, total=total, desc=f"features {name or ''}".strip(), disable=not progress):
-            images, labels = _split_batch(batch)
-            if device is not None:
-                images = images.to(device)
-            out = feature_fn(images)
-            out = out.detach().float().cpu().reshape(out.shape[0], -1).numpy()
-            feats.append(out)
-            if labels is None:
-                labs.append(np.full(out.shape[0], -1, dtype=np.int64))
-            else:
-                labs.append(np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1))
-    if not feats:
-        raise EmptyDatasetError("the data yielded no batches: there are no samples to extract features from")
-    features = np.concatenate(feats).astype(np.float32, copy=False)
-    labels_arr = np.concatenate(labs)
+    if dataset is not None:
+        from tcpa_core.train import extract_features as dataset_features
+
+        computed = dataset_features(feature_fn, dataset, batch_size, device=device, num_workers=num_workers,
+                                    progress=progress)
+        features = computed[0].numpy().astype(np.float32, copy=False)
+        labels_arr = computed[1].numpy().astype(np.int64, copy=False)
+    else:
+        features, labels_arr = _iterate_batches(feature_fn, cast(Iterable[Any], data), device, progress, name)
     if path is not None:
         _save_cache(path, features, labels_arr)
     return FeatureSet(features, labels_arr, name or "", from_cache=False)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from tcpa_core.errors import InputShapeError
 
 from .colors import get_cmap, plotly_colorscale
+from .errors import AnalysisArgumentError, AnalysisIndexError
 from .tokens import (
     GROUP_TITLES,
     HeadReduction,
@@ -47,7 +48,7 @@ def attention_matrix(
         image, heads = 0, "mean"
     a = check_attention(a, layout)
     if not -a.shape[0] <= image < a.shape[0]:
-        raise IndexError(f"image {image} is outside the batch of {a.shape[0]}")
+        raise AnalysisIndexError(f"image {image} is outside the batch of {a.shape[0]}")
     image %= a.shape[0]
     return reduce_heads(a[image : image + 1], heads)[0].double().numpy()
 
@@ -72,7 +73,7 @@ def _norm(values: np.ndarray, scale: ColorScale, vmax: float | None) -> Normaliz
         positive = values[values > 0]
         lo = max(float(positive.min()) if positive.size else hi * 1e-4, hi * 1e-4)
         return LogNorm(lo, hi)
-    raise ValueError(f"scale must be 'linear', 'sqrt' or 'log', got {scale!r}")
+    raise AnalysisArgumentError(f"scale must be 'linear', 'sqrt' or 'log', got {scale!r}")
 
 
 def plot_attention_heatmap_matplotlib(
@@ -141,7 +142,7 @@ def plot_attention_heatmap_plotly(
         with np.errstate(divide="ignore"):
             z = np.where(m > 0, np.log10(np.where(m > 0, m, 1.0)), np.nan)
     else:
-        raise ValueError(f"scale must be 'linear', 'sqrt' or 'log', got {scale!r}")
+        raise AnalysisArgumentError(f"scale must be 'linear', 'sqrt' or 'log', got {scale!r}")
     qlab, klab = query_labels(layout), key_labels(layout)
     if m.shape != (len(qlab), len(klab)):
         raise InputShapeError(f"matrix {m.shape} does not match the layout ({len(qlab)}, {len(klab)})")

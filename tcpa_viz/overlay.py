@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from tcpa_core.errors import InputShapeError
 
 from .colors import GROUP_COLORS, get_cmap, plotly_colorscale
+from .errors import AnalysisArgumentError, AnalysisIndexError
 from .tokens import GROUP_TITLES, PROMPT_GROUPS, to_numpy
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def normalize_map(values: np.ndarray, mode: MapNormalization = "minmax") -> np.n
     if mode == "minmax":
         lo = float(values.min()) if values.size else 0.0
         return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    raise ValueError(f"normalize must be 'minmax', 'max' or 'none', got {mode!r}")
+    raise AnalysisArgumentError(f"normalize must be 'minmax', 'max' or 'none', got {mode!r}")
 
 
 def patch_box(
@@ -91,7 +92,7 @@ def patch_box(
     """
     h, w = grid_size
     if not (0 <= row < h and 0 <= col < w):
-        raise IndexError(f"patch ({row}, {col}) is outside the {h}x{w} patch grid")
+        raise AnalysisIndexError(f"patch ({row}, {col}) is outside the {h}x{w} patch grid")
     height, width = image_size
     return (col * width / w, row * height / h, (col + 1) * width / w, (row + 1) * height / h)
 
@@ -105,7 +106,7 @@ def overlay_on_image(
 ) -> np.ndarray:
     """Blend the colour-mapped, upsampled ``grid_map [h, w]`` over ``image``; returns ``uint8 [H, W, 3]``."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise AnalysisArgumentError(f"alpha must be in [0, 1], got {alpha}")
     img = as_rgb_uint8(image)
     heat = normalize_map(upsample_map(grid_map, img.shape[:2]), normalize)
     colours = get_cmap(cmap)(heat)[..., :3] * 255.0

@@ -30,6 +30,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .colors import categorical_colors
+from .errors import AnalysisArgumentError
 from .tables import write_rows_csv, write_rows_json
 from .tokens import to_tensor
 
@@ -51,7 +52,7 @@ def singular_values(matrices: torch.Tensor | np.ndarray, float64: bool = True) -
     """Singular values ``[..., min(Q, K)]`` (descending) of ``[..., Q, K]`` via ``torch.linalg.svdvals``."""
     a = to_tensor(matrices)
     if a.ndim < 2:
-        raise ValueError(f"expected matrices [..., Q, K], got shape {tuple(a.shape)}")
+        raise AnalysisArgumentError(f"expected matrices [..., Q, K], got shape {tuple(a.shape)}")
     a = a.double() if float64 else (a if a.is_floating_point() else a.float())
     return torch.linalg.svdvals(a)
 
@@ -63,7 +64,7 @@ def energy_rank(s: torch.Tensor, tau: float = 0.9, squared: bool = False) -> tor
     slack of 1e-10 keeps exact spectra (e.g. ``tau`` hit exactly) from rounding up. Zero matrices give 0.
     """
     if not 0.0 < tau <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau}")
+        raise AnalysisArgumentError(f"tau must be in (0, 1], got {tau}")
     e = s.double() ** 2 if squared else s.double()
     cum = e.cumsum(dim=-1)
     total = cum[..., -1:]
@@ -155,7 +156,7 @@ def attention_block(attn: torch.Tensor, layout: TokenLayout | None, block: Block
     if block == "full":
         return attn
     if layout is None:
-        raise ValueError(f"block {block!r} needs the token layout")
+        raise AnalysisArgumentError(f"block {block!r} needs the token layout")
     ks, qs = layout.key_slices(), layout.query_slices()
     if block == "tokens":
         return torch.cat([attn[..., ks["prefix"]], attn[..., ks["patches"]]], dim=-1)
@@ -164,7 +165,7 @@ def attention_block(attn: torch.Tensor, layout: TokenLayout | None, block: Block
     if block == "prompts":
         start, stop = ks["cls_prompts"].start, ks["prompts"].stop
         return attn[..., start:stop]
-    raise ValueError(f"block must be 'full', 'tokens', 'patches', 'prompts' or (rows, cols), got {block!r}")
+    raise AnalysisArgumentError(f"block must be 'full', 'tokens', 'patches', 'prompts' or (rows, cols), got {block!r}")
 
 
 def _layer_order(key: Any) -> tuple[int, Any]:
@@ -199,7 +200,7 @@ def rank_table(
     for layer in sorted(attn_by_layer, key=_layer_order):
         attn = to_tensor(attn_by_layer[layer])
         if attn.ndim != 4:
-            raise ValueError(f"layer {layer}: expected [batch, head, query, key], got {tuple(attn.shape)}")
+            raise AnalysisArgumentError(f"layer {layer}: expected [batch, head, query, key], got {tuple(attn.shape)}")
         sub = attention_block(attn, layout, block)
         groups: list[tuple[Any, torch.Tensor]] = [("per-head", sub)]
         if include_head_mean:
@@ -291,7 +292,7 @@ def plot_rank_vs_layer_matplotlib(
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         plotted += 1
     if plotted == 0:
-        raise ValueError(f"no aggregate rows for measure {measure!r} with heads {heads!r}")
+        raise AnalysisArgumentError(f"no aggregate rows for measure {measure!r} with heads {heads!r}")
     ax.set_xlabel("layer")
     ax.set_ylabel(measure.replace("_", " "))
     ax.set_title(title or f"{measure.replace('_', ' ')} per layer ({heads}, mean ± std)")
@@ -321,7 +322,7 @@ def plot_rank_vs_layer_plotly(
                 name=label or measure, line=dict(color=colour),
             ))
     if not fig.data:
-        raise ValueError(f"no aggregate rows for measure {measure!r} with heads {heads!r}")
+        raise AnalysisArgumentError(f"no aggregate rows for measure {measure!r} with heads {heads!r}")
     fig.update_layout(
         title=dict(text=title or f"{measure} per layer ({heads})"),
         xaxis=dict(title=dict(text="layer")), yaxis=dict(title=dict(text=measure)), width=700, height=450,

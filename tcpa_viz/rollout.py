@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from .errors import AnalysisArgumentError
 from .tokens import HeadReduction, QuerySpec, check_attention, reduce_heads, resolve_query, to_grid
 
 if TYPE_CHECKING:
@@ -72,11 +73,11 @@ def attention_rollout(
     """
     layers = _ordered_layers(attns)
     if not layers:
-        raise ValueError("attention rollout needs at least one layer")
+        raise AnalysisArgumentError("attention rollout needs at least one layer")
     if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must be in [0, 1], got {residual}")
+        raise AnalysisArgumentError(f"residual must be in [0, 1], got {residual}")
     if missing_mass not in ("renormalize", "self", "drop"):
-        raise ValueError(f"missing_mass must be 'renormalize', 'self' or 'drop', got {missing_mass!r}")
+        raise AnalysisArgumentError(f"missing_mass must be 'renormalize', 'self' or 'drop', got {missing_mass!r}")
     def layer_matrix(attn: torch.Tensor) -> torch.Tensor:
         a = token_token_block(reduce_heads(check_attention(attn, layout), heads).double(), layout)
         eye = torch.eye(a.shape[-1], dtype=a.dtype)

@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from tcpa_core.errors import InputShapeError
 
 from .colors import categorical_colors
+from .errors import AnalysisArgumentError, AnalysisIndexError
 from .overlay import as_rgb_uint8
 from .tokens import query_labels, to_numpy, to_tensor
 
@@ -57,7 +58,7 @@ def pool_usage(assign: torch.Tensor | np.ndarray, pool_size: int) -> np.ndarray:
     """``[pool_size]`` int64 counts of each entry over every element of ``assign`` ``[..., k]``."""
     idx = to_numpy(assign).astype(np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= pool_size):
-        raise ValueError(f"assignment indices must lie in 0..{pool_size - 1}, got {idx.min()}..{idx.max()}")
+        raise AnalysisArgumentError(f"assignment indices must lie in 0..{pool_size - 1}, got {idx.min()}..{idx.max()}")
     return np.bincount(idx, minlength=pool_size)
 
 
@@ -189,7 +190,7 @@ def selection_grid(
     h, w = layout.grid_size
     if mode == "top1":
         if not -a.shape[-1] <= rank < a.shape[-1]:
-            raise IndexError(f"rank {rank} is outside the top-{a.shape[-1]} selection")
+            raise AnalysisIndexError(f"rank {rank} is outside the top-{a.shape[-1]} selection")
         return a[..., rank].reshape(a.shape[0], h, w)
     if mode == "set":
         out = np.empty(a.shape[:2], dtype=np.int64)
@@ -202,7 +203,7 @@ def selection_grid(
             rank_of[order] = np.arange(order.size)
             out[b] = rank_of[inverse.reshape(-1)]
         return out.reshape(a.shape[0], h, w)
-    raise ValueError(f"mode must be 'top1' or 'set', got {mode!r}")
+    raise AnalysisArgumentError(f"mode must be 'top1' or 'set', got {mode!r}")
 
 
 def _discrete_cmap(n: int) -> tuple[ListedColormap, BoundaryNorm]:
@@ -293,7 +294,7 @@ def _usage_matrix(stats: Sequence[Mapping[str, Any]], pool: PoolName) -> tuple[l
     key = f"{pool}_usage"
     rows = [r for r in stats if key in r]
     if not rows:
-        raise ValueError(f"the stats hold no {key}; pass the {pool} assignments to selection_stats")
+        raise AnalysisArgumentError(f"the stats hold no {key}; pass the {pool} assignments to selection_stats")
     return [r["layer"] for r in rows], np.asarray([r[key] for r in rows], dtype=np.float64)
 
 
@@ -318,7 +319,7 @@ def plot_pool_usage_matplotlib(
         ax.set_title(title or f"{name} usage per layer")
         return fig
     if style != "bars":
-        raise ValueError(f"style must be 'bars' or 'heatmap', got {style!r}")
+        raise AnalysisArgumentError(f"style must be 'bars' or 'heatmap', got {style!r}")
     ncols = min(4, len(layers))
     nrows = int(math.ceil(len(layers) / ncols))
     fig = Figure(figsize=(3.0 * ncols, 2.2 * nrows + 0.6), layout="constrained")

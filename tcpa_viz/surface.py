@@ -16,6 +16,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .colors import GROUP_COLORS, get_cmap, plotly_colorscale
+from .errors import AnalysisArgumentError
 from .heatmap import attention_matrix, group_ticks
 from .tokens import GROUP_TITLES, HeadReduction, QuerySpec, key_labels, nonempty_groups, query_labels, resolve_query
 
@@ -54,7 +55,7 @@ def surface_rows(
     else:
         rows = [resolve_query(layout, q) for q in queries]
     if not rows:
-        raise ValueError("select at least one query row")
+        raise AnalysisArgumentError("select at least one query row")
     labels = query_labels(layout)
     return m[rows], [labels[r] for r in rows]
 
@@ -92,7 +93,7 @@ def plot_attention_surface_matplotlib(
                                linewidth=0, antialiased=True, rcount=z.shape[0], ccount=min(z.shape[1], 400))
         fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.08, label="attention")
     else:
-        raise ValueError(f"kind must be 'wireframe' or 'surface', got {kind!r}")
+        raise AnalysisArgumentError(f"kind must be 'wireframe' or 'surface', got {kind!r}")
     _, _, bounds = group_ticks(layout.key_slices())
     for b in bounds:
         ax.plot([b, b], [0, z.shape[0] - 1], [0, 0], color="grey", linestyle="--", linewidth=0.8)
@@ -149,7 +150,7 @@ def plot_attention_surface_plotly(
                 )
             )
     else:
-        raise ValueError(f"kind must be 'wireframe' or 'surface', got {kind!r}")
+        raise AnalysisArgumentError(f"kind must be 'wireframe' or 'surface', got {kind!r}")
     kx, kn, _ = group_ticks(layout.key_slices())
     yt, yl = _row_ticks(labels)
     fig.update_layout(

@@ -14,6 +14,8 @@ import torch
 
 from tcpa_core.errors import InputShapeError
 
+from .errors import AnalysisArgumentError, AnalysisIndexError
+
 if TYPE_CHECKING:
     from tcpa_core.layout import TokenLayout
 
@@ -83,13 +85,13 @@ def reduce_heads(attn: torch.Tensor, heads: HeadReduction = "mean") -> torch.Ten
             return attn.mean(dim=1)
         if heads == "max":
             return attn.amax(dim=1)
-        raise ValueError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
+        raise AnalysisArgumentError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
     if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
         n = attn.shape[1]
         if not -n <= int(heads) < n:
-            raise IndexError(f"head {heads} is out of range for {n} heads")
+            raise AnalysisIndexError(f"head {heads} is out of range for {n} heads")
         return attn[:, int(heads)]
-    raise ValueError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
+    raise AnalysisArgumentError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
 
 
 def resolve_query(layout: TokenLayout, query: QuerySpec) -> int:
@@ -98,23 +100,23 @@ def resolve_query(layout: TokenLayout, query: QuerySpec) -> int:
         name = query.strip().lower()
         if name == "cls":
             if not layout.has_cls_token:
-                raise ValueError("this model has no CLS token; choose a patch (row, col) or a register")
+                raise AnalysisArgumentError("this model has no CLS token; choose a patch (row, col) or a register")
             return 0
         if name.startswith("register:") or name.startswith("reg:"):
             idx = int(name.split(":", 1)[1])
             if not 0 <= idx < layout.num_registers:
-                raise IndexError(f"register {idx} does not exist; the model has {layout.num_registers}")
+                raise AnalysisIndexError(f"register {idx} does not exist; the model has {layout.num_registers}")
             return int(layout.has_cls_token) + idx
-        raise ValueError(f"unknown query {query!r}; use 'cls', 'register:<i>', (row, col) or a row index")
+        raise AnalysisArgumentError(f"unknown query {query!r}; use 'cls', 'register:<i>', (row, col) or a row index")
     if isinstance(query, tuple):
         if len(query) != 2:
-            raise ValueError(f"a patch query is (row, col), got {query!r}")
+            raise AnalysisArgumentError(f"a patch query is (row, col), got {query!r}")
         return layout.patch_query_index(int(query[0]), int(query[1]))
     if isinstance(query, (int, np.integer)) and not isinstance(query, bool):
         if not 0 <= int(query) < layout.num_queries:
-            raise IndexError(f"query row {query} is outside 0..{layout.num_queries - 1}")
+            raise AnalysisIndexError(f"query row {query} is outside 0..{layout.num_queries - 1}")
         return int(query)
-    raise ValueError(f"unknown query {query!r}; use 'cls', 'register:<i>', (row, col) or a row index")
+    raise AnalysisArgumentError(f"unknown query {query!r}; use 'cls', 'register:<i>', (row, col) or a row index")
 
 
 def query_labels(layout: TokenLayout) -> list[str]:
@@ -155,12 +157,12 @@ def nonempty_groups(slices: dict[str, slice]) -> list[tuple[str, slice]]:
 def pool_entry_columns(layout: TokenLayout, group: str, entry: int) -> slice:
     """Key columns owned by pool ``entry`` of ``group`` (``prompt_length`` columns per entry)."""
     if group not in ("cls_prompts", "image_prompts"):
-        raise ValueError(f"pool entries exist only for 'cls_prompts' and 'image_prompts', got {group!r}")
+        raise AnalysisArgumentError(f"pool entries exist only for 'cls_prompts' and 'image_prompts', got {group!r}")
     lp = max(int(layout.prompt_length), 1)
     s = layout.key_slices()[group]
     n_entries = (s.stop - s.start) // lp
     if not 0 <= entry < n_entries:
-        raise IndexError(f"{group} entry {entry} is outside 0..{n_entries - 1}")
+        raise AnalysisIndexError(f"{group} entry {entry} is outside 0..{n_entries - 1}")
     return slice(s.start + entry * lp, s.start + (entry + 1) * lp)
 
 

@@ -2,8 +2,9 @@
 
 Pipeline: features ``[N, D]`` -> PCA to ``pca_dims`` (when ``D > pca_dims``, standard practice that also
 makes large ``N`` affordable) -> scikit-learn Barnes-Hut ``TSNE`` (2D, PCA initialisation, fixed
-``random_state``, ``perplexity`` capped at ``(N - 1) / 3`` for small ``N``). Threads default to the cores
-not busy with other work (:func:`auto_threads`).
+``random_state``, ``perplexity`` capped at ``(N - 1) / 3`` for small ``N``). Threads follow the process's
+thread policy (:func:`tcpa_core.threads.configure_threads`, which the ``tcpa-viz`` command applies) unless
+``n_jobs`` is given.
 
 Metrics (all JSON-serialisable; ``None`` when undefined, e.g. a single class):
 
@@ -25,12 +26,10 @@ Silhouette and feature-space k-NN use at most ``metric_max_samples`` points and 
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
 from .colors import categorical_colors
+from .errors import AnalysisArgumentError
 from .tables import jsonable
 from .tokens import to_numpy
 
@@ -86,7 +86,7 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     y = y.reshape(-1)
     k = min(k, len(x) - 1)
     if k < 1:
-        raise ValueError("k-NN accuracy needs at least two samples")
+        raise AnalysisArgumentError("k-NN accuracy needs at least two samples")
     idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)
     neigh = y[idx]
     n_cls = int(y.max()) + 1
@@ -96,28 +96,6 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     tied = votes[np.arange(len(x))[:, None], neigh] == best
     pred = neigh[np.arange(len(x)), tied.argmax(axis=1)]
     return float((pred == y).mean())
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def auto_threads() -> int:
-    """Threads worth using now: the available cores minus the 1-minute load average of other work, at least 1.
-
-    OpenMP threads that share cores with other busy processes spin at every barrier, and Barnes-Hut t-SNE
-    on two oversubscribed cores runs about twice as slowly with two threads as with one; on idle cores
-    all of them are used.
-    """
-    cores = available_cores()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return cores
-    return int(min(cores, max(1, math.floor(cores - load + 0.5))))
 
 
 def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -175,7 +153,7 @@ def run_tsne(
     random_state: int = 0,
     pca_dims: int | None = 50,
     max_iter: int = 1000,
-    n_jobs: int | Literal["auto"] | None = "auto",
+    n_jobs: int | None = None,
     compute_metrics: bool = True,
     knn_k: int = 5,
     trust_k: int = 5,
@@ -192,7 +170,7 @@ def run_tsne(
         pca_dims: reduce to this many dimensions with PCA first when ``D`` is larger (``None``: never).
         max_iter: t-SNE iterations (scikit-learn's default is 1000).
         n_jobs: threads for PCA (BLAS), the neighbour search and the gradient (OpenMP), applied with
-            threadpoolctl; ``"auto"``: see :func:`auto_threads`; ``None`` leaves every library at its default.
+            threadpoolctl for this call; ``None`` keeps the process's thread policy.
         compute_metrics: compute :func:`embedding_metrics` (timed separately in ``timings["metrics"]``).
         knn_k, trust_k, metric_max_samples, trust_max_samples: see :func:`embedding_metrics`.
     """
@@ -201,24 +179,22 @@ def run_tsne(
 
     x = np.asarray(to_numpy(features), dtype=np.float32)
     if x.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {x.shape}")
+        raise AnalysisArgumentError(f"features must be [N, D], got shape {x.shape}")
     n, d = x.shape
     if n < MIN_SAMPLES:
-        raise ValueError(f"t-SNE needs at least {MIN_SAMPLES} samples, got {n}")
+        raise AnalysisArgumentError(f"t-SNE needs at least {MIN_SAMPLES} samples, got {n}")
     y = None if labels is None else np.asarray(to_numpy(labels) if not isinstance(labels, Sequence) else labels)
     if y is not None and len(y) != n:
-        raise ValueError(f"{len(y)} labels for {n} feature rows")
+        raise AnalysisArgumentError(f"{len(y)} labels for {n} feature rows")
     if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or infinite values")
+        raise AnalysisArgumentError("features contain NaN or infinite values")
     timings: dict[str, float] = {}
-    if n_jobs == "auto":
-        n_jobs = auto_threads()
     perp = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
     used_pca = pca_dims is not None and d > pca_dims
     with threadpool_limits(limits=n_jobs):
         t0 = time.perf_counter()
         reduced = x
-        if used_pca:
+        if pca_dims is not None and used_pca:
             reduced = PCA(n_components=min(int(pca_dims), n, d), random_state=random_state).fit_transform(x)
         timings["pca"] = time.perf_counter() - t0
         t0 = time.perf_counter()

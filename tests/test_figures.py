@@ -17,20 +17,23 @@ from safetensors.torch import save_file
 
 from tcpa_core import PromptConfig, build_model
 from tcpa_core.checkpoint import save_checkpoint
-from tcpa_core.data import DigitsOnClutter
+from tcpa_core.data import DigitsOnClutter, limit_samples
 from tcpa_core.errors import CheckpointError
 from tcpa_viz.cli import main
 from tcpa_viz.figures import (
     CLUTTER_LEVELS,
+    FIGURES,
     RANK_COLUMNS,
     DataSpec,
     DigitsAtClutterLevel,
     FigureArgumentError,
+    IncomparableModelsError,
     TSNERow,
     figure1,
     figure5,
     figure6,
     load_pair,
+    load_run,
     rank_report,
     rows_from_args,
     run_all,
@@ -39,11 +42,10 @@ from tcpa_viz.figures.common import (
     box_to_input,
     demo_checkpoints,
     eval_transform,
-    limit_samples,
-    load_model,
     query_patches,
 )
 from tcpa_viz.figures.figure1 import timing_points
+from tcpa_viz.saving import plotlyjs_name
 
 BACKBONE = "vit_tiny_patch16_224"
 ARCH = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
@@ -110,6 +112,8 @@ def assert_png(path: Path) -> None:
 def assert_html(path: Path) -> None:
     text = path.read_text()
     assert 'class="plotly-graph-div"' in text and "Plotly.newPlot" in text, path
+    assert f'<script charset="utf-8" src="{plotlyjs_name()}"></script>' in text, path
+    assert (path.parent / plotlyjs_name()).stat().st_size > 1_000_000
 
 
 def assert_outputs(paths: list[Path]) -> None:
@@ -205,8 +209,10 @@ def test_query_patches_sit_on_the_digit_and_on_the_background(pair):
 
 def test_timing_points_come_from_the_demo_summary_or_the_runs(pair, tmp_path):
     base, tcpa = pair
-    from_summary = timing_points(base, tcpa, {"methods": {"vpt-deep": {"test_acc": 0.5, "seconds_per_epoch": 3.0}}})
-    assert [(p.label, p.accuracy, p.metric) for p in from_summary] == [("VPT-deep", 0.5, "test")]
+    from_summary = timing_points(base, tcpa, {"methods": {"vpt-deep": {"test_acc": 0.5, "seconds_per_epoch": 3.0},
+                                                          "r-tcpa": {"test_acc": 0.6, "seconds_per_epoch": 2.0}}})
+    assert [(p.label, p.accuracy, p.metric, p.tcpa_family) for p in from_summary] == [
+        ("VPT-deep", 0.5, "test", False), ("R-TCPA", 0.6, "test", True)]
     assert timing_points(base, tcpa, None) == []  # untrained fixtures record no run summary or metrics
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -260,7 +266,7 @@ def test_checkpoint_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: No checkpoint at")
     with pytest.raises(CheckpointError, match="No checkpoint"):
-        load_model(tmp_path / "missing")
+        load_run(tmp_path / "missing")
 
 
 @pytest.mark.slow
@@ -295,3 +301,68 @@ def test_cli_figure_rank_and_app_commands(demo, image_folder, tmp_path, capsys, 
     monkeypatch.setattr("tcpa_viz.cli._dashboard_launcher", lambda: lambda *a: calls.append(a) or 0)
     assert main(["app", "--port", "8765", "--demo-dir", str(demo)]) == 0
     assert calls == [(8765, str(demo), [], None)]
+
+
+def test_the_registry_is_the_cli_figure_choices():
+    from tcpa_viz.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    number = next(a for a in sub.choices["figure"]._actions if a.dest == "number")
+    assert tuple(number.choices) == tuple(FIGURES) == ("1", "3", "5", "6")
+    for key, spec in FIGURES.items():
+        assert spec.number == key and spec.stem == f"figure{key}" and callable(spec.func)
+
+
+def test_a_pair_on_different_backbones_is_refused(demo, tmp_path, capsys):
+    """A TCPA checkpoint on another backbone (other weights, other patch grid) is refused with a message."""
+    torch.manual_seed(5)
+    other_arch = {**ARCH, "patch_size": 4}
+    weights = tmp_path / "other_backbone.safetensors"
+    save_file(timm.create_model(BACKBONE, num_classes=0, **other_arch).state_dict(), weights)
+    model = build_model(BACKBONE, CONFIGS["tcpa"], num_classes=10, checkpoint=weights, **other_arch)
+    other = tmp_path / "other" / "best"
+    save_checkpoint(model, other, {"class_names": [str(d) for d in range(10)],
+                                   "backbone_source": {"name": BACKBONE, "pretrained": False,
+                                                       "weights": str(weights), "kwargs": other_arch}})
+    base, _ = demo_checkpoints(demo)
+    with pytest.raises(IncomparableModelsError, match="cannot compare these checkpoints"):
+        load_pair(base, other.parent, demo)
+    assert main(["figure", "1", "--baseline", str(base), "--tcpa", str(other.parent), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot compare these checkpoints")
+    assert not (tmp_path / "figure1.png").exists()
+
+
+def test_html_files_of_one_folder_share_one_plotlyjs(tmp_path):
+    import plotly.graph_objects as go
+
+    from tcpa_viz.saving import save_figure
+
+    paths = [save_figure(go.Figure(go.Scatter(x=[0, 1], y=[i, 2])), tmp_path / f"f{i}.html") for i in range(2)]
+    shared = tmp_path / plotlyjs_name()
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["f0.html", "f1.html", plotlyjs_name()]
+    for path in paths:
+        assert_html(path)
+        assert path.stat().st_size < 100_000
+    from plotly.offline import get_plotlyjs
+
+    assert shared.read_text(encoding="utf-8") == get_plotlyjs()
+    inline = save_figure(go.Figure(), tmp_path / "inline" / "f.html", plotlyjs="inline")
+    assert inline.stat().st_size > 1_000_000 and not (inline.parent / plotlyjs_name()).exists()
+
+
+def test_figures_script_runs_the_registry(monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "figures.py"
+    spec = importlib.util.spec_from_file_location("figures_script", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(script, "main", lambda argv: calls.append(argv) or 0)
+    assert script.run(["--out", "figs"]) == 0
+    assert calls == [["figure", n, "--out", "figs"] for n in FIGURES]
+    calls.clear()
+    assert script.run(["3", "1", "--index", "2"]) == 0
+    assert calls == [["figure", "3", "--index", "2"], ["figure", "1", "--index", "2"]]

@@ -34,6 +34,7 @@ from tcpa_viz import (
     synthetic_layer,
     token_attention,
 )
+from tcpa_viz.saving import plotlyjs_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAYOUT = TokenLayout(
@@ -65,8 +66,8 @@ def assert_png(path, min_size=(50, 50)):
 def assert_html(path):
     text = path.read_text(encoding="utf-8")
     assert 'class="plotly-graph-div"' in text
-    assert "cdn.plot.ly" not in text.split("<body>")[0]  # plotly.js is embedded, not fetched
-    assert len(text) > 1_000_000
+    assert "cdn.plot.ly" not in text.split("<body>")[0]  # plotly.js is a local file, not fetched
+    assert (path.parent / plotlyjs_name()).stat().st_size > 1_000_000
 
 
 def figures(layers, image):

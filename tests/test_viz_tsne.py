@@ -120,12 +120,21 @@ def test_feature_cache_is_reused(tmp_path):
         feature_cache_path(tmp_path, "../escape")
 
 
-def test_auto_threads_within_available_cores(monkeypatch):
-    from tcpa_viz import tsne
+def test_thread_policy_sets_torch_and_blas_threads(monkeypatch):
+    from threadpoolctl import threadpool_info
 
-    cores = tsne.available_cores()
-    assert 1 <= tsne.auto_threads() <= cores
-    monkeypatch.setattr(tsne.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert tsne.auto_threads() == cores
-    monkeypatch.setattr(tsne.os, "getloadavg", lambda: (float(cores + 3), 0.0, 0.0))
-    assert tsne.auto_threads() == 1
+    from tcpa_core.errors import TCPAError
+    from tcpa_core.threads import THREADS_ENV, available_cores, configure_threads
+
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(THREADS_ENV, "1")
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+        monkeypatch.delenv(THREADS_ENV)
+        assert configure_threads() == available_cores() == torch.get_num_threads()
+        monkeypatch.setenv(THREADS_ENV, "many")
+        with pytest.raises(TCPAError, match=THREADS_ENV):
+            configure_threads()
+    finally:
+        configure_threads(previous)

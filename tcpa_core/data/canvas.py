@@ -27,7 +27,7 @@ def smooth_noise(rng: np.random.Generator, size: int, grid: int, channels: int =
     lattice = rng.integers(0, 256, size=(grid, grid, channels), dtype=np.uint8)
     mode = "RGB" if channels == 3 else "L"
     image = Image.fromarray(lattice if channels == 3 else lattice[..., 0], mode=mode)
-    up = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    up = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
     return up.reshape(size, size, channels)
 
 
@@ -100,7 +100,7 @@ def stroke_mask(
         for x, y in (pts[0], pts[-1]):
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
     if supersample > 1:
-        image = image.resize((size, size), Image.BOX)
+        image = image.resize((size, size), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
@@ -114,8 +114,8 @@ def soften(rng: np.random.Generator, alpha: np.ndarray, max_factor: float) -> np
     factor = rng.uniform(1.5, max(1.6, max_factor))
     small = max(2, int(round(size / factor)))
     image = Image.fromarray(alpha, mode="F")
-    resample = Image.BICUBIC if rng.random() < 0.5 else Image.BILINEAR
-    out = image.resize((small, small), Image.BOX).resize((size, size), resample)
+    resample = Image.Resampling.BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
+    out = image.resize((small, small), Image.Resampling.BOX).resize((size, size), resample)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
@@ -162,5 +162,5 @@ def blob_mask(rng: np.random.Generator, size: int, max_radius: float, supersampl
     else:
         draw.rectangle(box, fill=255)
     if supersample > 1:
-        image = image.resize((size, size), Image.BOX)
+        image = image.resize((size, size), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32) / 255.0

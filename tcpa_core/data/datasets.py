@@ -20,13 +20,14 @@ returns a normalised tensor then) and has ``classes`` (list of names) and ``targ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
 from ..errors import DatasetError, EmptyDatasetError, ImageFormatError
@@ -100,6 +101,8 @@ class LabeledDataset(Dataset):
         source = self.sources[index]
         if not isinstance(source, int):
             return load_image(source)
+        if self.base is None:
+            raise DatasetError(f"Sample {index} of {self.name} refers to a base dataset this one does not have.")
         try:
             return self.base[source][0].convert("RGB")
         except (OSError, ValueError) as exc:
@@ -109,7 +112,7 @@ class LabeledDataset(Dataset):
         image = self.load(index)
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
-    def subset(self, indices: Sequence[int]) -> LabeledDataset:
+    def subset(self, indices: Iterable[int]) -> LabeledDataset:
         """The samples ``indices`` (same classes, transform and base)."""
         idx = [int(i) for i in indices]
         return LabeledDataset(self.name, [self.sources[i] for i in idx], [self.targets[i] for i in idx],
@@ -163,6 +166,45 @@ def build_dataset(
         )
     data.transform = transform
     return data
+
+
+class SampleSubset(Subset):
+    """A :class:`torch.utils.data.Subset` that keeps the class names (``classes``) of its dataset."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, indices)
+        self.classes: list[str] = [str(c) for c in getattr(dataset, "classes", [])]
+
+
+def dataset_size(data: Dataset) -> int:
+    """Number of samples of a map-style dataset (:class:`DatasetError` for one without ``__len__``)."""
+    if not isinstance(data, Sized):
+        raise DatasetError(f"{type(data).__name__} has no length; pass a map-style dataset (with __len__).")
+    return len(data)
+
+
+def limit_samples(data: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
+    """The seeded random subset of at most ``max_samples`` samples (``--max-samples`` of ``tcpa-viz train`` /
+    ``demo``: the sorted first ``max_samples`` indices of ``torch.randperm`` seeded with ``seed``), or ``data``
+    itself when it is not larger. The subset keeps the dataset's ``classes``."""
+    n = dataset_size(data)
+    if max_samples is None or max_samples >= n:
+        return data
+    if max_samples < 1:
+        raise DatasetError(f"max_samples (--max-samples) must be >= 1, got {max_samples}.")
+    generator = torch.Generator().manual_seed(int(seed))
+    return SampleSubset(data, sorted(torch.randperm(n, generator=generator)[:max_samples].tolist()))
+
+
+def open_split(spec: Mapping[str, Any], split: str, transform: Callable[[Image.Image], Any] | None = None
+               ) -> Dataset:
+    """Split ``split`` of the dataset a run records as its ``dataset`` entry (``name``, ``root``, ``seed``,
+    ``val_fraction``, ``options``, ``max_samples``; see :func:`build_dataset` and :func:`limit_samples`)."""
+    seed = int(spec.get("seed") or 0)
+    data = build_dataset(str(spec["name"]), spec.get("root"), split, transform,
+                         val_fraction=float(spec.get("val_fraction", 0.1)), seed=seed,
+                         **dict(spec.get("options") or {}))
+    return limit_samples(data, spec.get("max_samples"), seed)
 
 
 def _how_to_get(key: str, root: Path) -> str:

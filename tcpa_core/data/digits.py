@@ -106,7 +106,7 @@ def render_digit(
     height = int(round(rng.uniform(24.0, 44.0) * size / 64.0))
     width = int(round(height * rng.uniform(0.7, 1.0)))
     glyph = Image.fromarray(np.asarray(digit, dtype=np.float32) / 16.0, mode="F")
-    small = np.clip(np.asarray(glyph.resize((width, height), Image.BICUBIC), dtype=np.float32), 0.0, 1.0)
+    small = np.clip(np.asarray(glyph.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32), 0.0, 1.0)
     x0 = int(rng.integers(0, size - width + 1))
     y0 = int(rng.integers(0, size - height + 1))
     alpha = np.zeros((size, size), dtype=np.float32)

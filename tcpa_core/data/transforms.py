@@ -151,8 +151,7 @@ def load_image(
                     f"{max_pixels}; downscale it first (or raise max_pixels if you trust the file)."
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image, background)
+            return to_rgb(ImageOps.exif_transpose(image), background)
     except ImageFormatError:
         raise
     except Image.DecompressionBombError as exc:

@@ -100,14 +100,14 @@ class PromptMethod:
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``layer`` on the stream ``x``: ``(output stream, pool-loss term)``."""
-        x = model.hooks[layer].resid_pre(x)
+        x = model.block_hooks(layer).resid_pre(x)
         return self.sequence_block(model, layer, x, 0), x.new_zeros(())
 
     @staticmethod
     def sequence_block(model: PromptedViT, layer: int, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
         """timm's block ``layer`` on a full sequence ``[prefix | prompts | patches]`` in which prompts are
         queries too (``num_prompts`` of them); explicit attention when an attention hook is attached."""
-        block, hooks = model.backbone.blocks[layer], model.hooks[layer]
+        block, hooks = model.block(layer), model.block_hooks(layer)
         if not hooks.wants_attention:
             out: torch.Tensor = block(x)
             return out

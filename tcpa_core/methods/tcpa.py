@@ -141,7 +141,7 @@ class TCPA(PromptMethod):
     def columns(self, model: PromptedViT, layer: int, x: torch.Tensor, edit: BlockEdit | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt-column selection ``[B or 1, Q, P]`` bool of block ``layer`` and its pool-loss term."""
-        pools, cfg, n, hooks = pools_of(model), model.config, model.num_prefix, model.hooks[layer]
+        pools, cfg, n, hooks = pools_of(model), model.config, model.num_prefix, model.block_hooks(layer)
         assert pools.image_keys is not None and pools.cls_keys is not None
         warm_up = model.random_selection and model.training
         image, loss = match(x[:, n:], pools.image_keys[layer], cfg.image_topk, layer=layer, pool="image",
@@ -158,7 +158,7 @@ class TCPA(PromptMethod):
         return torch.cat([cls_row.expand(-1, n, -1), patch_rows], dim=1), loss + cls_loss
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pools, hooks = pools_of(model), model.hooks[layer]
+        pools, hooks = pools_of(model), model.block_hooks(layer)
         edit = model.block_edit(layer)
         x = hooks.resid_pre(x)
         allowed, loss = self.columns(model, layer, x, edit)
@@ -176,7 +176,7 @@ class TCPA(PromptMethod):
         if model.config.fourier:
             prompts = fourier_transform(prompts)
         prompts = hooks.prompts(prompts)
-        block = model.backbone.blocks[layer]
+        block = model.block(layer)
         if hooks.wants_attention:
             x = block_explicit(block, x, model.num_prefix, prompts, allowed, hooks, present)[0]
         else:

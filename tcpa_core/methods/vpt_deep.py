@@ -47,7 +47,7 @@ class VPTDeep(PromptMethod):
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert isinstance(model.prompts, PromptTokens)
-        hooks, n, batch = model.hooks[layer], model.num_prefix, x.shape[0]
+        hooks, n, batch = model.block_hooks(layer), model.num_prefix, x.shape[0]
         x = hooks.resid_pre(x)
         prompts = model.prompt_batch(model.prompts.sequence(layer), batch)
         prompts = hooks.prompts(self.transform(model.config, prompts))

@@ -50,7 +50,7 @@ class VPTShallow(PromptMethod):
 
     def enter_stream(self, model: PromptedViT, x: torch.Tensor) -> torch.Tensor:
         n, batch = model.num_prefix, x.shape[0]
-        prompts = model.hooks[0].prompts(model.prompt_batch(_tokens(model).sequence(0), batch))
+        prompts = model.block_hooks(0).prompts(model.prompt_batch(_tokens(model).sequence(0), batch))
         return torch.cat([x[:, :n], prompts.expand(batch, -1, -1), x[:, n:]], dim=1)
 
     def leave_stream(self, model: PromptedViT, x: torch.Tensor) -> torch.Tensor:
@@ -58,5 +58,5 @@ class VPTShallow(PromptMethod):
         return torch.cat([x[:, :n], x[:, n + self.key_columns(model)[2]:]], dim=1)
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = model.hooks[layer].resid_pre(x)
+        x = model.block_hooks(layer).resid_pre(x)
         return self.sequence_block(model, layer, x, self.key_columns(model)[2]), x.new_zeros(())

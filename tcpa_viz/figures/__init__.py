@@ -7,26 +7,31 @@
 - :func:`figure6`: t-SNE over several datasets (the demo: its test digits at three clutter levels);
 - :func:`rank_report`: attention rank per layer (``rank.csv``, ``rank.json``, plot).
 
-Each writes a PNG (matplotlib) and a self-contained HTML (plotly) and returns the written paths;
+Each writes a PNG (matplotlib) and an HTML (plotly; the HTML files of one folder share one offline copy of
+plotly.js) and returns the written paths. :data:`FIGURES` lists them (the choices of ``tcpa-viz figure``);
 :func:`run_all` writes all of them for a ``tcpa-viz demo`` folder.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tcpa_core.data import limit_samples
+
+from ..errors import FigureArgumentError, IncomparableModelsError
+from ..models import LoadedModel, load_run
 from .clutter import CLUTTER_LEVELS, DigitsAtClutterLevel
 from .common import (
     DEFAULT_DEMO_DIR,
     FIGURES_SUBDIR,
     DataSpec,
-    FigureArgumentError,
-    LoadedModel,
-    adaptive_threads,
+    FigureContext,
     demo_checkpoints,
-    load_model,
+    figure_context,
     load_pair,
 )
 from .figure1 import figure1
@@ -34,16 +39,13 @@ from .figure3 import figure3
 from .figure5 import DEFAULT_MAX_SAMPLES, TSNEMemo, figure5
 from .figure6 import CLUTTER_SUBJECT, TSNERow, clutter_rows, figure6, rows_from_args
 from .rank_report import RANK_COLUMNS, rank_report
-
-FIGURES: dict[str, Callable[..., list[Path]]] = {"1": figure1, "3": figure3, "5": figure5, "6": figure6}
-"""Figure number -> function."""
+from .registry import FIGURES, FigureSpec
 
 
-@adaptive_threads
 def run_all(demo_dir: str | Path = DEFAULT_DEMO_DIR, out_dir: str | Path | None = None,
             log: Callable[[str], None] | None = None, max_samples: int | None = DEFAULT_MAX_SAMPLES,
             ) -> dict[str, list[Path]]:
-    """Write figures 1, 3, 5, 6 and the rank report for the checkpoints of a demo folder.
+    """Write every figure of :data:`FIGURES` and the rank report for the checkpoints of a demo folder.
 
     The two checkpoints are loaded once and the t-SNE of the test split is shared by Fig. 5 and Fig. 6.
     ``out_dir`` defaults to ``<demo_dir>/figures``; ``log`` receives one line per step (with its seconds);
@@ -54,14 +56,17 @@ def run_all(demo_dir: str | Path = DEFAULT_DEMO_DIR, out_dir: str | Path | None 
     out = Path(out_dir) if out_dir is not None else Path(demo_dir) / FIGURES_SUBDIR
     baseline, tcpa = load_pair(None, None, demo_dir)
     memo: TSNEMemo = {}
-    steps: dict[str, Callable[[], list[Path]]] = {
-        "figure1": lambda: figure1(baseline, tcpa, out, demo_dir=demo_dir),
-        "figure3": lambda: figure3(baseline, tcpa, out, demo_dir=demo_dir),
-        "figure5": lambda: figure5(baseline, tcpa, out, max_samples=max_samples, demo_dir=demo_dir, memo=memo),
-        "figure6": lambda: figure6(clutter_rows(baseline, tcpa), out, max_samples=max_samples, demo_dir=demo_dir,
-                                   memo=memo, subject=CLUTTER_SUBJECT),
-        "rank": lambda: rank_report(baseline, tcpa, out, demo_dir=demo_dir),
-    }
+    steps: dict[str, Callable[[], list[Path]]] = {}
+    for spec in FIGURES.values():
+        kwargs: dict[str, Any] = {"out_dir": out, "demo_dir": demo_dir}
+        if spec.several_datasets:
+            kwargs.update(rows=clutter_rows(baseline, tcpa), subject=CLUTTER_SUBJECT)
+        else:
+            kwargs.update(baseline=baseline, tcpa=tcpa)
+        if "max_samples" in spec.options:
+            kwargs.update(max_samples=max_samples, memo=memo)
+        steps[spec.stem] = functools.partial(spec.func, **kwargs)
+    steps["rank"] = lambda: rank_report(baseline, tcpa, out, demo_dir=demo_dir)
     written: dict[str, list[Path]] = {}
     for name, step in steps.items():
         start = time.perf_counter()
@@ -73,7 +78,7 @@ def run_all(demo_dir: str | Path = DEFAULT_DEMO_DIR, out_dir: str | Path | None 
 
 __all__ = [
     "CLUTTER_LEVELS", "DEFAULT_DEMO_DIR", "FIGURES", "FIGURES_SUBDIR", "RANK_COLUMNS", "DataSpec",
-    "DigitsAtClutterLevel", "FigureArgumentError", "LoadedModel", "TSNERow", "clutter_rows", "demo_checkpoints",
-    "figure1", "figure3", "figure5", "figure6", "load_model", "load_pair", "rank_report", "rows_from_args",
-    "run_all",
+    "DigitsAtClutterLevel", "FigureArgumentError", "FigureContext", "FigureSpec", "IncomparableModelsError",
+    "LoadedModel", "TSNERow", "clutter_rows", "demo_checkpoints", "figure1", "figure3", "figure5", "figure6",
+    "figure_context", "limit_samples", "load_pair", "load_run", "rank_report", "rows_from_args", "run_all",
 ]

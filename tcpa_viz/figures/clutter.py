@@ -26,6 +26,8 @@ from torch.utils.data import Dataset
 from tcpa_core.data import DigitsOnClutter, render_digit
 from tcpa_core.data.canvas import bezier, composite, random_colour, stroke_mask, to_uint8
 
+from ..errors import FigureArgumentError
+
 ClutterLevel = Literal["plain", "clutter", "heavy"]
 CLUTTER_LEVELS: tuple[ClutterLevel, ...] = ("plain", "clutter", "heavy")
 LEVEL_TITLES: dict[str, str] = {
@@ -62,7 +64,7 @@ class DigitsAtClutterLevel(Dataset):
 
     def __init__(self, level: ClutterLevel = "clutter", split: str = "test", seed: int = 0, size: int = 64) -> None:
         if level not in CLUTTER_LEVELS:
-            raise ValueError(f"level must be one of {CLUTTER_LEVELS}, got {level!r}")
+            raise FigureArgumentError(f"clutter level must be one of {', '.join(CLUTTER_LEVELS)}, got {level!r}.")
         self.level, self.split, self.seed = level, split, int(seed)
         base = DigitsOnClutter(split=split, seed=seed, size=size)
         self.labels = base.labels.clone()

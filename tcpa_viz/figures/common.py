@@ -1,4 +1,5 @@
-"""Shared plumbing of the paper figures: checkpoints, datasets, display images, query patches, output files.
+"""Shared plumbing of the paper figures: the figure context (models, data, sample), datasets, query patches,
+output files.
 
 Every figure compares two checkpoints trained on the same backbone, a baseline (VPT-deep in the demo,
 DAM-VP/VPT in the paper) and TCPA. A checkpoint is given as a path (a checkpoint folder, or a
@@ -7,12 +8,10 @@ DAM-VP/VPT in the paper) and TCPA. A checkpoint is given as a path (a checkpoint
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,50 +19,25 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from tcpa_core import capture
-from tcpa_core.checkpoint import WEIGHTS_FILE, load_checkpoint
-from tcpa_core.errors import CheckpointError, DatasetError, TCPAError
+from tcpa_core.config import PromptConfig
+from tcpa_core.data import dataset_size, open_split
+from tcpa_core.errors import DatasetError, PromptConfigError
+from tcpa_core.model import PromptedViT
 
+from ..errors import FigureArgumentError
+from ..models import LoadedModel, check_same_backbone, load_run, read_demo_summary
 from ..saving import save_figure
-from ..tsne import auto_threads
 
 DEFAULT_DEMO_DIR = Path("demo_out")
 """Folder written by ``tcpa-viz demo`` (``<method>/best`` checkpoints and ``summary.json``)."""
 FIGURES_SUBDIR = "figures"
 """Sub-folder of the demo folder that receives the figures and the rank report."""
-DEMO_SUMMARY = "summary.json"
-DEFAULT_BASELINE_METHOD = "vpt-deep"
-DEFAULT_TCPA_METHOD = "tcpa"
+DEMO_BASELINE_RUN = "vpt-deep"
+DEMO_TCPA_RUN = "tcpa"
+"""Run folders of the demo used when its ``summary.json`` lists no methods."""
 
-METHOD_TITLES: dict[str, str] = {
-    "none": "linear probe", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "vfpt": "VFPT", "vp": "VP",
-    "tcpa": "TCPA", "r-tcpa": "R-TCPA",
-}
-"""Display names of the prompting methods."""
-
-
-class FigureArgumentError(TCPAError, ValueError):
-    """Figure inputs that do not fit together (e.g. a different number of datasets and checkpoints)."""
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint loaded for plotting.
-
-    Attributes:
-        model: the ``PromptedViT`` (eval mode, CPU unless loaded elsewhere).
-        path: the checkpoint folder.
-        label: display name (the method's title unless given).
-        meta: the checkpoint's JSON description.
-    """
-
-    model: torch.nn.Module
-    path: Path
-    label: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def method(self) -> str:
-        return str(self.model.config.method)
+ModelRef = str | Path | LoadedModel
+"""A checkpoint given as a path or already loaded."""
 
 
 @dataclass(frozen=True)
@@ -106,75 +80,29 @@ class DataSpec:
                         max_samples=self.max_samples if self.max_samples is not None else info.get("max_samples"))
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def adaptive_threads(func: F) -> F:
-    """Run ``func`` with as many torch threads as there are idle cores (:func:`tcpa_viz.tsne.auto_threads`),
-    restoring the previous setting afterwards.
-
-    The figures run small matrices (ViT forwards on a few images, SVDs of ~100 x 100 attention matrices),
-    where torch's threads spinning on cores busy with other work cost several times the compute itself.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(previous, auto_threads())))
-        try:
-            return func(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return wrapper  # type: ignore[return-value]
-
-
 # ------------------------------------------------------------------------------------------ checkpoints
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder for ``path``: itself, or its ``best/`` when ``path`` is a training output folder."""
-    p = Path(path).expanduser()
-    if p.is_dir() and not (p / WEIGHTS_FILE).is_file() and (p / "best" / WEIGHTS_FILE).is_file():
-        return p / "best"
-    if not p.exists():
-        raise CheckpointError(
-            f"No checkpoint at {p}: the path does not exist. Run `tcpa-viz demo` first, or pass checkpoint "
-            "folders with --baseline DIR --tcpa DIR."
-        )
-    return p
-
-
-def load_model(ref: str | Path | LoadedModel, label: str | None = None, backbone: str | None = None,
-               backbone_weights: str | Path | None = None) -> LoadedModel:
-    """Load a checkpoint for plotting (a :class:`LoadedModel` is returned as is).
-
-    ``backbone``/``backbone_weights`` override the backbone recorded in the checkpoint (see
-    :func:`tcpa_core.checkpoint.load_checkpoint`).
-    """
-    if isinstance(ref, LoadedModel):
-        return ref
-    path = resolve_checkpoint(ref)
-    model = load_checkpoint(path, backbone=backbone, checkpoint=backbone_weights)
-    method = str(model.config.method)
-    return LoadedModel(model, path, label or METHOD_TITLES.get(method, method), dict(model.checkpoint_meta))
-
-
-def demo_summary(demo_dir: str | Path) -> dict[str, Any] | None:
-    """``summary.json`` of a demo folder, or ``None`` when it does not exist."""
-    path = Path(demo_dir) / DEMO_SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
+def is_tcpa_family(method: str, info: dict[str, Any]) -> bool:
+    """Whether a run of a demo summary (``method`` and its entry ``info``) is TCPA family: a method with prompt
+    pools (read from the entry's ``prompt_config`` when it records one)."""
+    recorded = info.get("prompt_config")
+    try:
+        config = PromptConfig.from_dict(recorded if isinstance(recorded, dict) else {"method": method})
+    except (PromptConfigError, TypeError, ValueError):
+        return False
+    return bool(config.uses_pools)
 
 
 def demo_checkpoints(demo_dir: str | Path = DEFAULT_DEMO_DIR) -> tuple[Path, Path]:
     """``(baseline, tcpa)`` checkpoint folders of a demo folder.
 
-    The methods come from ``summary.json`` when it lists them (TCPA = the first ``tcpa``/``r-tcpa`` entry,
-    baseline = the first other one), else ``vpt-deep/best`` and ``tcpa/best``.
+    The methods come from ``summary.json`` when it lists them (TCPA = the first TCPA-family entry, i.e. a
+    method with prompt pools, baseline = the first other one), else ``vpt-deep/best`` and ``tcpa/best``.
     """
     demo_dir = Path(demo_dir)
-    summary = demo_summary(demo_dir) or {}
-    methods = summary.get("methods") or {}
-    tcpa = next((m for m in methods if m in ("tcpa", "r-tcpa")), DEFAULT_TCPA_METHOD)
-    baseline = next((m for m in methods if m not in ("tcpa", "r-tcpa")), DEFAULT_BASELINE_METHOD)
+    methods: dict[str, Any] = (read_demo_summary(demo_dir) or {}).get("methods") or {}
+    family = {m: is_tcpa_family(m, info or {}) for m, info in methods.items()}
+    tcpa = next((m for m, is_tcpa in family.items() if is_tcpa), DEMO_TCPA_RUN)
+    baseline = next((m for m, is_tcpa in family.items() if not is_tcpa), DEMO_BASELINE_RUN)
 
     def where(method: str) -> Path:
         recorded = (methods.get(method) or {}).get("checkpoint")
@@ -185,39 +113,27 @@ def demo_checkpoints(demo_dir: str | Path = DEFAULT_DEMO_DIR) -> tuple[Path, Pat
     return where(baseline), where(tcpa)
 
 
-def load_pair(baseline: str | Path | LoadedModel | None, tcpa: str | Path | LoadedModel | None,
-              demo_dir: str | Path = DEFAULT_DEMO_DIR, backbone: str | None = None,
-              backbone_weights: str | Path | None = None) -> tuple[LoadedModel, LoadedModel]:
-    """Load the two checkpoints; a missing one defaults to the demo folder's. When both would get the same label
-    (e.g. two TCPA runs), the baseline's gets the suffix " (baseline)"."""
-    default_baseline, default_tcpa = demo_checkpoints(demo_dir) if baseline is None or tcpa is None else (None, None)
-    base = load_model(baseline if baseline is not None else default_baseline, backbone=backbone,
-                      backbone_weights=backbone_weights)
-    tc = load_model(tcpa if tcpa is not None else default_tcpa, backbone=backbone, backbone_weights=backbone_weights)
+def load_pair(baseline: ModelRef | None, tcpa: ModelRef | None, demo_dir: str | Path = DEFAULT_DEMO_DIR,
+              backbone: str | None = None, backbone_weights: str | Path | None = None
+              ) -> tuple[LoadedModel, LoadedModel]:
+    """Load the two checkpoints (a missing one defaults to the demo folder's) and check that they can be
+    compared (:func:`tcpa_viz.models.check_same_backbone`). When both would get the same label (e.g. two TCPA
+    runs), the baseline's gets the suffix " (baseline)"."""
+    defaults = demo_checkpoints(demo_dir)
+    base = load_run(baseline if baseline is not None else defaults[0], backbone=backbone,
+                    backbone_weights=backbone_weights)
+    tc = load_run(tcpa if tcpa is not None else defaults[1], backbone=backbone, backbone_weights=backbone_weights)
+    check_same_backbone(base, tc)
     if base.label == tc.label and not isinstance(baseline, LoadedModel):
         base.label = f"{base.label} (baseline)"
     return base, tc
 
 
 # ------------------------------------------------------------------------------------------ data
-def limit_samples(data: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
-    """The seeded random subset of at most ``max_samples`` samples that ``tcpa-viz train/demo --max-samples``
-    uses (sorted indices of ``torch.randperm`` seeded with ``seed``), or ``data`` itself."""
-    if max_samples is None or max_samples >= len(data):
-        return data
-    if max_samples < 1:
-        raise DatasetError(f"max_samples must be >= 1, got {max_samples}.")
-    generator = torch.Generator().manual_seed(int(seed))
-    return Subset(data, sorted(torch.randperm(len(data), generator=generator)[:max_samples].tolist()))
-
-
 def open_dataset(spec: DataSpec) -> Dataset:
     """The split of ``spec`` without a transform (images are transformed per model by :class:`ModelInputs`)."""
-    from tcpa_core.data.datasets import build_dataset
-
-    data = build_dataset(spec.name, spec.root, spec.split, None, val_fraction=spec.val_fraction, seed=spec.seed,
-                         **spec.options)
-    return limit_samples(data, spec.max_samples, spec.seed)
+    return open_split({"name": spec.name, "root": spec.root, "seed": spec.seed, "val_fraction": spec.val_fraction,
+                       "options": spec.options, "max_samples": spec.max_samples}, spec.split)
 
 
 def resolve_data(data: DataSpec | Dataset | None, reference: LoadedModel, split: str = "test") -> Dataset:
@@ -231,7 +147,8 @@ def resolve_data(data: DataSpec | Dataset | None, reference: LoadedModel, split:
 
 def _base(data: Dataset, index: int) -> tuple[Dataset, int]:
     while isinstance(data, Subset):
-        data, index = data.dataset, int(data.indices[index])
+        subset: Subset = data
+        data, index = subset.dataset, int(subset.indices[index])
     return data, index
 
 
@@ -258,7 +175,7 @@ def labels_of(data: Dataset) -> np.ndarray:
         return parent[np.asarray(data.indices, dtype=np.int64)]
     targets = getattr(data, "targets", None)
     if targets is None:
-        targets = [int(data[i][1]) for i in range(len(data))]
+        targets = [int(data[i][1]) for i in range(dataset_size(data))]
     return np.asarray(list(targets), dtype=np.int64)
 
 
@@ -281,14 +198,14 @@ def pixel_boxes(data: Dataset) -> np.ndarray | None:
     return None if boxes is None else np.asarray(boxes, dtype=np.float64)
 
 
-def sample_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     """At most ``limit`` sorted sample indices of ``range(n)`` (a seeded random subset when ``n > limit``)."""
     if limit is None or n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=int(limit), replace=False))
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=int(limit), replace=False))
 
 
-def eval_transform(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:
+def eval_transform(model: PromptedViT) -> Callable[[Image.Image], torch.Tensor]:
     """The evaluation transform of a ``PromptedViT`` (resize, centre crop, normalise)."""
     from tcpa_core.data import build_transforms
 
@@ -298,9 +215,9 @@ def eval_transform(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tens
 class ModelInputs(Dataset):
     """``(image tensor, label)`` of the samples ``indices`` of ``data``, transformed for ``model``."""
 
-    def __init__(self, data: Dataset, model: torch.nn.Module, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, data: Dataset, model: PromptedViT, indices: Sequence[int] | None = None) -> None:
         self.data = data
-        self.indices = [int(i) for i in (indices if indices is not None else range(len(data)))]
+        self.indices = [int(i) for i in (indices if indices is not None else range(dataset_size(data)))]
         self.transform = eval_transform(model)
         self.labels = labels_of(data)[np.asarray(self.indices, dtype=np.int64)]
 
@@ -316,16 +233,7 @@ class ModelInputs(Dataset):
         return torch.stack([self[i][0] for i in positions])
 
 
-def display_image(model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:
-    """Undo the normalisation of one model input ``[C, H, W]`` -> ``uint8 [H, W, 3]`` (what the model saw)."""
-    cfg = model.data_config
-    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(cfg["std"], dtype=torch.float32).view(-1, 1, 1)
-    rgb = (image.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
-    return (rgb.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def predict(model: PromptedViT, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Predicted classes ``[B]`` of images ``[B, C, H, W]``."""
     with torch.inference_mode():
         return torch.cat([model(images[i:i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
@@ -333,7 +241,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) 
 
 def choose_sample(data: Dataset, baseline: LoadedModel, tcpa: LoadedModel, candidates: int = 32) -> int:
     """The first of the first ``candidates`` samples that both models classify correctly (else 0)."""
-    n = min(candidates, len(data))
+    n = min(candidates, dataset_size(data))
     labels = torch.as_tensor(labels_of(data)[:n])
     ok = torch.ones(n, dtype=torch.bool)
     for loaded in (baseline, tcpa):
@@ -342,7 +250,7 @@ def choose_sample(data: Dataset, baseline: LoadedModel, tcpa: LoadedModel, candi
     return int(hits[0]) if len(hits) else 0
 
 
-def capture_attention(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
+def capture_attention(model: PromptedViT, images: torch.Tensor, layers: Sequence[int] | None = None,
                       raw: bool = False) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], Any]:
     """Attention after the mask ``{layer: [B, H, Q, K]}``, before it (empty unless ``raw``) and the layout."""
     names = ["attn", "attn_raw"] if raw else ["attn"]
@@ -351,6 +259,38 @@ def capture_attention(model: torch.nn.Module, images: torch.Tensor, layers: Sequ
     masked = {layer: cache["attn", layer] for layer in cache.layers("attn")}
     before = {layer: cache["attn_raw", layer] for layer in cache.layers("attn_raw")}
     return masked, before, cache.layout
+
+
+# ------------------------------------------------------------------------------------------ context
+@dataclass
+class FigureContext:
+    """What a figure computes from once and hands to both of its renderers: the two models (checked to be
+    comparable), the dataset and the sample shown (``index``; ``None`` for figures over many samples)."""
+
+    baseline: LoadedModel
+    tcpa: LoadedModel
+    data: Dataset
+    index: int | None = None
+
+    @property
+    def models(self) -> tuple[LoadedModel, LoadedModel]:
+        return self.baseline, self.tcpa
+
+
+def figure_context(baseline: ModelRef | None = None, tcpa: ModelRef | None = None,
+                   data: DataSpec | Dataset | None = None, demo_dir: str | Path = DEFAULT_DEMO_DIR,
+                   index: int | None = None, choose: bool = False) -> FigureContext:
+    """Load the two checkpoints (:func:`load_pair`), open the data (:func:`resolve_data`) and, with ``choose``,
+    pick the sample: ``index`` when given (checked against the dataset), else :func:`choose_sample`."""
+    base, tc = load_pair(baseline, tcpa, demo_dir)
+    dataset = resolve_data(data, base)
+    if choose:
+        n = dataset_size(dataset)
+        index = choose_sample(dataset, base, tc) if index is None else int(index)
+        if not 0 <= index < n:
+            raise FigureArgumentError(f"sample {index} is outside the {n} samples of the dataset; pass --index "
+                                      f"from 0 to {n - 1}.")
+    return FigureContext(base, tc, dataset, index)
 
 
 # ------------------------------------------------------------------------------------------ query patches
@@ -368,7 +308,8 @@ class QueryPatches:
     source: str
 
 
-def box_to_input(box: Sequence[float], raw_size: tuple[int, int], model: torch.nn.Module) -> tuple[float, ...]:
+def box_to_input(box: Sequence[float], raw_size: tuple[int, int], model: PromptedViT
+                 ) -> tuple[float, float, float, float]:
     """Map a box in raw-image pixels (``raw_size = (H, W)``) through the evaluation transform (resize to
     ``size / crop_pct``, centre crop to ``size``) into model-input pixels."""
     cfg = model.data_config
@@ -386,7 +327,7 @@ def _clip(value: float, high: float) -> float:
     return min(max(value, 0.0), float(high))
 
 
-def query_patches(data: Dataset, index: int, model: torch.nn.Module, grid_size: tuple[int, int]) -> QueryPatches:
+def query_patches(data: Dataset, index: int, model: PromptedViT, grid_size: tuple[int, int]) -> QueryPatches:
     """The patch under the centre of the object's ground-truth box and the patch farthest from it.
 
     Without boxes: the grid centre and a corner patch.
@@ -418,7 +359,8 @@ def query_patches(data: Dataset, index: int, model: torch.nn.Module, grid_size: 
 # ------------------------------------------------------------------------------------------ output
 def write_figures(out_dir: str | Path, stem: str, matplotlib_figure: Any, plotly_figure: Any,
                   dpi: int = 150) -> list[Path]:
-    """Write ``<stem>.png`` (matplotlib) and ``<stem>.html`` (plotly, self-contained) into ``out_dir``."""
+    """Write ``<stem>.png`` (matplotlib) and ``<stem>.html`` (plotly; plotly.js shared by the folder's HTML files,
+    see :func:`tcpa_viz.saving.save_figure`) into ``out_dir``."""
     out = Path(out_dir)
     return [save_figure(matplotlib_figure, out / f"{stem}.png", dpi=dpi),
             save_figure(plotly_figure, out / f"{stem}.html")]

@@ -25,29 +25,38 @@ from torch.utils.data import Dataset
 
 from ..attention_maps import TokenAttention, token_attention
 from ..colors import GROUP_COLORS
+from ..errors import FigureArgumentError
+from ..models import LoadedModel, display_image, method_title, read_demo_summary
 from ..overlay import plot_overlay_matplotlib, plot_overlay_plotly
 from ..tokens import GROUP_TITLES, PROMPT_GROUPS, QuerySpec, to_numpy
 from .common import (
     DEFAULT_DEMO_DIR,
     FIGURES_SUBDIR,
-    METHOD_TITLES,
     DataSpec,
-    LoadedModel,
     ModelInputs,
+    ModelRef,
     QueryPatches,
-    adaptive_threads,
     capture_attention,
-    choose_sample,
     class_names,
-    demo_summary,
-    display_image,
+    figure_context,
+    is_tcpa_family,
     labels_of,
-    load_pair,
     predict,
     query_patches,
-    resolve_data,
     write_figures,
 )
+
+
+def _read_summary(summary: str | Path | Mapping[str, Any] | None, demo_dir: str | Path) -> Mapping[str, Any] | None:
+    """The demo summary for the time/accuracy chart: given as a dict or a path, else the one in ``demo_dir``."""
+    if isinstance(summary, (str, Path)):
+        path = Path(summary)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise FigureArgumentError(f"cannot read the summary {path} ({exc}); pass the summary.json that "
+                                      "`tcpa-viz demo` wrote, or leave --summary out.") from exc
+    return summary if summary is not None else read_demo_summary(demo_dir)
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,14 @@ class QueryView:
 
 @dataclass(frozen=True)
 class TimingPoint:
-    """One method on the time-vs-accuracy chart (``accuracy`` in [0, 1])."""
+    """One method on the time-vs-accuracy chart (``accuracy`` in [0, 1]; ``tcpa_family``: a method with prompt
+    pools, drawn as a star)."""
 
     label: str
     seconds_per_epoch: float
     accuracy: float
     metric: str
+    tcpa_family: bool = False
 
 
 def query_views(patches: QueryPatches) -> list[QueryView]:
@@ -91,7 +102,8 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
     for method, info in ((summary or {}).get("methods") or {}).items():
         seconds, acc = info.get("seconds_per_epoch"), info.get("test_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(METHOD_TITLES.get(method, method), float(seconds), float(acc), "test"))
+            points.append(TimingPoint(method_title(method), float(seconds), float(acc), "test",
+                                      is_tcpa_family(method, info)))
     if points:
         return points
     for loaded in (baseline, tcpa):
@@ -102,7 +114,8 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
             metrics = loaded.meta.get("metrics") or {}
             seconds, acc = metrics.get("train_seconds"), metrics.get("val_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation"))
+            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation",
+                                      loaded.model.config.uses_pools))
     return points
 
 
@@ -151,7 +164,7 @@ def _time_accuracy_matplotlib(ax: Any, points: Sequence[TimingPoint]) -> None:
         ax.set_axis_off()
         return
     for i, p in enumerate(points):
-        tcpa = "TCPA" in p.label
+        tcpa = p.tcpa_family
         ax.scatter(p.seconds_per_epoch, 100 * p.accuracy, s=140 if tcpa else 90, marker="*" if tcpa else "o",
                    color="#d62728" if tcpa else f"C{i}", zorder=3)
         ax.annotate(f"{p.label} ({100 * p.accuracy:.1f}%, {p.seconds_per_epoch:.1f} s)",
@@ -171,7 +184,7 @@ def figure1_matplotlib(image: np.ndarray, views: Sequence[QueryView], rows: Sequ
                        title: str) -> Figure:
     """Static Fig. 1. ``rows``: ``(row title, one TokenAttention per view)`` per model; ``image`` ``[H, W, 3]``."""
     fig = Figure(figsize=(10.5, 12.5), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[3.4, 1.0])
+    top, bottom = np.asarray(fig.subfigures(2, 1, height_ratios=[3.4, 1.0])).ravel()
     grid = top.add_gridspec(2 * len(rows), len(views), height_ratios=[4.0, 1.2] * len(rows))
     ymax = 1.1 * max(max(float(w.max()) for _, w in _bar_groups(ta)) for _, tas in rows for ta in tas)
     for m, (row_title, tas) in enumerate(rows):
@@ -245,7 +258,7 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
         fig.add_trace(go.Scatter(
             x=[p.seconds_per_epoch], y=[100 * p.accuracy], mode="markers+text", text=[p.label],
             textposition="middle right", name=p.label, showlegend=False,
-            marker=dict(size=16 if "TCPA" in p.label else 11, symbol="star" if "TCPA" in p.label else "circle"),
+            marker=dict(size=16 if p.tcpa_family else 11, symbol="star" if p.tcpa_family else "circle"),
             hovertemplate=f"{p.label}<br>%{{x:.2f}} s/epoch<br>{p.metric} accuracy %{{y:.2f}}%<extra></extra>",
         ), row=last, col=1)
     metric = points[0].metric if points else "test"
@@ -257,10 +270,9 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
     return fig
 
 
-@adaptive_threads
 def figure1(
-    baseline: str | Path | LoadedModel | None = None,
-    tcpa: str | Path | LoadedModel | None = None,
+    baseline: ModelRef | None = None,
+    tcpa: ModelRef | None = None,
     out_dir: str | Path | None = None,
     data: DataSpec | Dataset | None = None,
     index: int | None = None,
@@ -282,31 +294,21 @@ def figure1(
         demo_dir: the demo folder for the defaults.
         stem: file name without extension.
     """
-    base, tc = load_pair(baseline, tcpa, demo_dir)
-    dataset = resolve_data(data, base)
-    index = choose_sample(dataset, base, tc) if index is None else int(index)
-    if not 0 <= index < len(dataset):
-        raise IndexError(f"sample {index} is outside the {len(dataset)} samples of the dataset")
-    rows: list[tuple[str, list[TokenAttention]]] = []
+    ctx = figure_context(baseline, tcpa, data, demo_dir, index, choose=True)
+    base, tc, dataset, index = ctx.baseline, ctx.tcpa, ctx.data, int(ctx.index or 0)
     names = class_names(dataset)
-    image = patches = views = depth = None
-    for loaded in (base, tc):
-        inputs = ModelInputs(dataset, loaded.model, [index])
-        images = inputs.batch()
+    depth = base.depth
+    patches = query_patches(dataset, index, base.model, base.grid_size)
+    views = query_views(patches)
+    image = display_image(ModelInputs(dataset, base.model, [index]).batch()[0], base.data_config)
+    rows: list[tuple[str, list[TokenAttention]]] = []
+    for loaded in ctx.models:
+        images = ModelInputs(dataset, loaded.model, [index]).batch()
         attn, _, layout = capture_attention(loaded.model, images, layers=[layer])
-        depth = len(loaded.model.backbone.blocks)
-        if patches is None:
-            patches = query_patches(dataset, index, loaded.model, layout.grid_size)
-            views = query_views(patches)
-            image = display_image(loaded.model, images[0])
         (weights,) = attn.values()
         predicted = int(predict(loaded.model, images)[0])
         rows.append((_row_title(loaded, predicted, names), [token_attention(weights, layout, v.query) for v in views]))
-    if isinstance(summary, (str, Path)):
-        summary = json.loads(Path(summary).read_text())
-    elif summary is None:
-        summary = demo_summary(demo_dir)
-    points = timing_points(base, tc, summary)
+    points = timing_points(base, tc, _read_summary(summary, demo_dir))
     label = int(labels_of(dataset)[index])
     label_name = names[label] if names and label < len(names) else str(label)
     block = layer % depth

@@ -25,14 +25,11 @@ from .common import (
     DEFAULT_DEMO_DIR,
     FIGURES_SUBDIR,
     DataSpec,
-    LoadedModel,
     ModelInputs,
-    adaptive_threads,
+    ModelRef,
     capture_attention,
-    choose_sample,
-    load_pair,
+    figure_context,
     query_patches,
-    resolve_data,
     write_figures,
 )
 
@@ -123,10 +120,9 @@ def figure3_plotly(panels: Sequence[tuple[str, dict[Any, Any], Any]], queries: S
     return fig
 
 
-@adaptive_threads
 def figure3(
-    baseline: str | Path | LoadedModel | None = None,
-    tcpa: str | Path | LoadedModel | None = None,
+    baseline: ModelRef | None = None,
+    tcpa: ModelRef | None = None,
     out_dir: str | Path | None = None,
     data: DataSpec | Dataset | None = None,
     index: int | None = None,
@@ -138,14 +134,12 @@ def figure3(
 
     Arguments as for :func:`tcpa_viz.figures.figure1` (same default sample, so both figures show one image).
     """
-    base, tc = load_pair(baseline, tcpa, demo_dir)
-    dataset = resolve_data(data, base)
-    index = choose_sample(dataset, base, tc) if index is None else int(index)
-    if not 0 <= index < len(dataset):
-        raise IndexError(f"sample {index} is outside the {len(dataset)} samples of the dataset")
-    panels, queries = [], []
-    depth = len(base.model.backbone.blocks)
-    for loaded in (base, tc):
+    ctx = figure_context(baseline, tcpa, data, demo_dir, index, choose=True)
+    dataset, index = ctx.data, int(ctx.index or 0)
+    panels: list[tuple[str, dict[int, Any], Any]] = []
+    queries: list[list[int]] = []
+    depth = ctx.baseline.depth
+    for loaded in ctx.models:
         images = ModelInputs(dataset, loaded.model, [index]).batch()
         attn, _, layout = capture_attention(loaded.model, images, layers=[layer])
         patches = query_patches(dataset, index, loaded.model, layout.grid_size)

@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
+from tcpa_core.data import dataset_size
+
 from ..colors import categorical_colors
 from ..features import extract_features
 from ..tables import jsonable
@@ -29,7 +31,7 @@ from .common import (
     DataSpec,
     LoadedModel,
     ModelInputs,
-    adaptive_threads,
+    ModelRef,
     class_names,
     load_pair,
     resolve_data,
@@ -139,10 +141,9 @@ def metrics_record(loaded: LoadedModel, result: TSNEResult) -> dict[str, Any]:
     return {"label": loaded.label, "method": loaded.method, "checkpoint": str(loaded.path), **result.summary()}
 
 
-@adaptive_threads
 def figure5(
-    baseline: str | Path | LoadedModel | None = None,
-    tcpa: str | Path | LoadedModel | None = None,
+    baseline: ModelRef | None = None,
+    tcpa: ModelRef | None = None,
     out_dir: str | Path | None = None,
     data: DataSpec | Dataset | None = None,
     max_samples: int | None = DEFAULT_MAX_SAMPLES,
@@ -167,7 +168,7 @@ def figure5(
     """
     base, tc = load_pair(baseline, tcpa, demo_dir)
     dataset = resolve_data(data, base)
-    indices = sample_indices(len(dataset), max_samples, seed)
+    indices = sample_indices(dataset_size(dataset), max_samples, seed)
     key = data_key(data, base)
     results = [cached_tsne(memo, key, m, dataset, indices, perplexity=perplexity, max_iter=max_iter, seed=seed)
                for m in (base, tc)]

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from tcpa_core.data import dataset_size, limit_samples
+
 from ..tables import jsonable
 from .clutter import CLUTTER_LEVELS, LEVEL_TITLES, DigitsAtClutterLevel
 from .common import (
@@ -25,9 +27,7 @@ from .common import (
     DataSpec,
     FigureArgumentError,
     LoadedModel,
-    adaptive_threads,
     class_names,
-    limit_samples,
     load_pair,
     resolve_data,
     sample_indices,
@@ -81,7 +81,6 @@ def clutter_rows(baseline: LoadedModel, tcpa: LoadedModel, split: str = "test") 
     return rows
 
 
-@adaptive_threads
 def figure6(
     rows: Sequence[TSNERow] | None = None,
     out_dir: str | Path | None = None,
@@ -111,13 +110,14 @@ def figure6(
         subject = subject or CLUTTER_SUBJECT
     subject = subject or ", ".join(r.label for r in rows)
     if not rows:
-        raise ValueError("figure6 needs at least one row")
+        raise FigureArgumentError("figure 6 needs at least one row: pass --dataset with --baseline/--tcpa, or "
+                                  "none for the demo's rows.")
     cells, row_titles, records = [], [], []
     names = None
     for row in rows:
         base, tc = load_pair(row.baseline, row.tcpa, demo_dir)
         dataset = resolve_data(row.data, base)
-        indices = sample_indices(len(dataset), max_samples, seed)
+        indices = sample_indices(dataset_size(dataset), max_samples, seed)
         key = row.key or (data_key(row.data, base) if isinstance(row.data, DataSpec) else None)
         results = [cached_tsne(memo, key, m, dataset, indices, perplexity=perplexity, max_iter=max_iter, seed=seed)
                    for m in (base, tc)]

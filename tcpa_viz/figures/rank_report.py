@@ -22,7 +22,9 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
-from ..rank import aggregate_ranks, plot_rank_vs_layer_matplotlib, plot_rank_vs_layer_plotly, rank_table
+from tcpa_core.data import dataset_size
+
+from ..rank import Block, aggregate_ranks, plot_rank_vs_layer_matplotlib, plot_rank_vs_layer_plotly, rank_table
 from ..tables import write_rows_csv, write_rows_json
 from .common import (
     DEFAULT_DEMO_DIR,
@@ -30,7 +32,7 @@ from .common import (
     DataSpec,
     LoadedModel,
     ModelInputs,
-    adaptive_threads,
+    ModelRef,
     capture_attention,
     load_pair,
     resolve_data,
@@ -38,7 +40,7 @@ from .common import (
     write_figures,
 )
 
-SUBMATRICES: tuple[str, ...] = ("full", "tokens")
+SUBMATRICES: tuple[Block, ...] = ("full", "tokens")
 PLOTTED_MEASURES: tuple[str, ...] = ("effective_rank", "energy_rank_0.9", "stable_rank", "numerical_rank")
 RANK_COLUMNS: tuple[str, ...] = ("model", "method", "attention", "submatrix", "layer", "heads", "measure", "mean",
                                  "std", "min", "max", "n")
@@ -46,7 +48,8 @@ RANK_COLUMNS: tuple[str, ...] = ("model", "method", "attention", "submatrix", "l
 DEFAULT_NUM_IMAGES = 16
 
 
-def model_rank_rows(loaded: LoadedModel, images: Any, submatrices: Sequence[str] = SUBMATRICES) -> list[dict[str, Any]]:
+def model_rank_rows(loaded: LoadedModel, images: Any, submatrices: Sequence[Block] = SUBMATRICES
+                    ) -> list[dict[str, Any]]:
     """Aggregated rank rows (see :data:`RANK_COLUMNS`) of one model on images ``[B, C, H, W]``.
 
     Models without a mask (no TCPA pools) get only ``attention = "masked"`` rows, which are their attention.
@@ -113,10 +116,9 @@ def rank_plotly(rows: Sequence[dict[str, Any]], title: str, submatrix: str = "fu
     return fig
 
 
-@adaptive_threads
 def rank_report(
-    baseline: str | Path | LoadedModel | None = None,
-    tcpa: str | Path | LoadedModel | None = None,
+    baseline: ModelRef | None = None,
+    tcpa: ModelRef | None = None,
     out_dir: str | Path | None = None,
     data: DataSpec | Dataset | None = None,
     num_images: int = DEFAULT_NUM_IMAGES,
@@ -138,13 +140,13 @@ def rank_report(
     """
     base, tc = load_pair(baseline, tcpa, demo_dir)
     dataset = resolve_data(data, base)
-    indices = sample_indices(len(dataset), num_images, seed)
+    indices = sample_indices(dataset_size(dataset), num_images, seed)
     rows: list[dict[str, Any]] = []
     for loaded in (base, tc):
         rows += model_rank_rows(loaded, ModelInputs(dataset, loaded.model, indices).batch())
     out = Path(out_dir) if out_dir is not None else Path(demo_dir) / FIGURES_SUBDIR
     meta = {
-        "num_images": len(indices), "sample_indices": indices.tolist(), "submatrices": list(SUBMATRICES),
+        "num_images": len(indices), "sample_indices": list(indices), "submatrices": list(SUBMATRICES),
         "models": {key: {"label": m.label, "method": m.method, "checkpoint": str(m.path)}
                    for key, m in (("baseline", base), ("tcpa", tc))},
         "layers": "0-based block index", "heads": "per-head: over images and heads; head-mean: over images of the "
