@@ -8,6 +8,7 @@ plotly.js). Checkpoints are loaded once, as :class:`LoadedModel`, by :func:`load
 :class:`tcpa_core.errors.TCPAError` subclasses (:mod:`tcpa_viz.errors`).
 """
 
+from .atlas import CollapseCriteria, ImportanceResult, PromptAtlas, prompt_atlas, prompt_importance
 from .attention_maps import TokenAttention, key_column_map, token_attention
 from .errors import AnalysisArgumentError, AnalysisIndexError, FigureArgumentError, IncomparableModelsError
 from .features import FeatureSet, extract_features, feature_cache_path
@@ -78,6 +79,8 @@ from .tokens import key_labels, query_label, query_labels, reduce_heads, resolve
 from .tsne import TSNEResult, embedding_metrics, knn_accuracy, plot_tsne_matplotlib, plot_tsne_plotly, run_tsne
 
 __all__ = [
+    # dataset-level and causal prompt analysis
+    "prompt_atlas", "prompt_importance", "PromptAtlas", "ImportanceResult", "CollapseCriteria",
     # attention maps and rollout
     "TokenAttention", "token_attention", "key_column_map", "attention_rollout", "rollout_map",
     "token_token_block",

@@ -532,6 +532,12 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
 
         _say(f"\nwriting figures 1, 3, 5, 6 and the rank report to {out / FIGURES_SUBDIR}/")
         run_all(out, log=lambda line: _say(f"  {line}"))
+    if "tcpa" in methods and not args.no_figures and is_main_process():
+        from tcpa_viz.atlas import run_demo_atlas
+
+        _say(f"\nprompt atlas, selection rules and last-block ablations of TCPA -> {out / 'atlas'}/")
+        run_demo_atlas(load_checkpoint(out / "tcpa" / "best", backbone=DEMO_BACKBONE), splits["test"], out / "atlas",
+                       log=lambda line: _say(f"  {line}"))
     _say(f"\nDemo outputs are in {out}/ (checkpoints in {out}/<method>/best, summary in {summary_path}).")
     _say("Open the dashboard on them with: tcpa-viz app")
     return 0
@@ -815,6 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cleanup_distributed()
 
+
+from .commands import atlas  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())
