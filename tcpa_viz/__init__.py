@@ -7,6 +7,16 @@ figures are written as self-contained HTML by :func:`save_figure`.
 """
 
 from .attention_maps import TokenAttention, key_column_map, token_attention
+from .explainers import (
+    EXPLAINERS,
+    Explanation,
+    ExplanationError,
+    FaithfulnessResult,
+    explain,
+    faithfulness,
+    list_explainers,
+)
+from .explainers.report import explain_report, run_demo_explain
 from .features import FeatureSet, extract_features, feature_cache_path
 from .heatmap import attention_matrix, plot_attention_heatmap_matplotlib, plot_attention_heatmap_plotly
 from .overlay import (
@@ -95,4 +105,7 @@ __all__ = [
     "save_figure", "FigureFormatError", "write_rows_csv", "write_rows_json", "jsonable",
     # synthetic data
     "SyntheticLayer", "synthetic_layer",
+    # attribution and faithfulness
+    "explain", "faithfulness", "Explanation", "FaithfulnessResult", "ExplanationError", "EXPLAINERS",
+    "list_explainers", "explain_report", "run_demo_explain",
 ]

@@ -403,6 +403,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
         _say(f"\nwriting figures 1, 3, 5, 6 and the rank report to {out / FIGURES_SUBDIR}/")
         run_all(out, log=lambda line: _say(f"  {line}"))
+        from tcpa_viz.explainers.report import run_demo_explain
+        run_demo_explain(None, None, splits["test"], out / "explain", demo_dir=out, log=lambda s: _say(f"  {s}"))
     _say(f"\nDemo outputs are in {out}/ (checkpoints in {out}/<method>/best, summary in {summary_path}).")
     _say("Open the dashboard on them with: tcpa-viz app")
     return 0
@@ -648,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cleanup_distributed()
 
+
+from .commands import explain  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())
