@@ -10,7 +10,7 @@ import torch
 from conftest import images_for, tiny_vit
 from torch import nn
 
-from tcpa_core import PromptConfig, build_model, capture
+from tcpa_core import PromptConfig, build_model, capture, intervene
 from tcpa_viz import attention_rollout, rollout_map
 from tcpa_viz.explainers import (
     EXPLAINERS,
@@ -28,6 +28,8 @@ CONFIGS = {
     "none": PromptConfig(method="none"),
     "tcpa": TCPA,
     "r-tcpa": PromptConfig(method="r-tcpa", cls_pool_size=4, image_pool_size=4),
+    "vpt-deep": PromptConfig(method="vpt-deep", num_prompts=3),
+    "vpt-shallow": PromptConfig(method="vpt-shallow", num_prompts=3),
 }
 
 
@@ -132,12 +134,29 @@ def test_tcpa_unselected_prompt_columns_pass_no_relevance(variant):
     assert torch.count_nonzero(e.prompts_per_layer[:, -1][~cls_cols]) == 0
 
 
+def test_a_prompt_masked_for_every_query_receives_no_relevance():
+    model = wrapped("plain", TCPA)
+    images = images_for(model.backbone, batch=2)
+    layout = explain(model, images[:1], method="attention").layout
+    before = explain(model, images, method="relevance")
+    image_cols = layout.num_cls_prompt_keys + torch.arange(layout.num_image_prompt_keys)
+    cls_cols = torch.arange(layout.num_cls_prompt_keys)
+    entry = int(before.prompts_per_layer[:, 0, image_cols].sum(0).argmax())
+    cls_entry = int(before.prompts_per_layer[:, 1, cls_cols].sum(0).argmax())
+    assert float(before.prompts_per_layer[:, 0, image_cols[entry]].min()) > 0
+    with intervene(model, mask_prompts={0: {"image": [entry]}, 1: {"cls": [cls_entry]}}):
+        after = explain(model, images, method="relevance")
+    assert torch.count_nonzero(after.prompts_per_layer[:, 0, image_cols[entry]]) == 0
+    assert torch.count_nonzero(after.prompts_per_layer[:, 1, cls_entry]) == 0
+    assert float(after.prompts_per_layer.sum()) > 0
+
+
 @pytest.mark.parametrize("method", list(EXPLAINERS))
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_every_method_is_batched(method, config):
     model = wrapped("registers", CONFIGS[config])
     images = images_for(model.backbone, batch=3)
-    options = {"n_steps": 8} if method == "integrated-gradients" else {}
+    options = {"n_steps": 4} if method == "integrated-gradients" else {}
     whole = explain(model, images, method=method, **options)
     assert whole.patches.shape == (3, 4, 4) and torch.isfinite(whole.patches).all()
     assert whole.method == method and whole.target.tolist() == whole.logits.argmax(-1).tolist()
@@ -323,5 +342,9 @@ def test_cli_explain_writes_the_table_and_figures(tmp_path, capsys):
             assert 0.0 <= float(r[column]) <= 1.0, (column, r)
     assert_outputs([out / f"{stem}.{ext}" for stem in ("explain_overlays", "explain_curves")
                     for ext in ("png", "html")])
-    assert main(["explain", "--model", str(demo / "tcpa" / "best"), "--out", str(out), "--methods", "gradcam"]) == 2
-    assert capsys.readouterr().err.strip().startswith("error:")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--model", str(demo / "tcpa" / "best"), "--out", str(out), "--methods", "gradcam"])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: tcpa-viz explain: argument --methods")
+    assert main(["explain", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: No checkpoint at")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
+
+from tcpa_core import intervene
 
 from .base import Target, resolve_target
 
@@ -15,22 +16,17 @@ from .base import Target, resolve_target
 @contextmanager
 def retained_attention(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
     """While the block runs, every block's attention after the mask ``[B, H, Q, K]`` is kept (with
-    ``retain_grad``) in the yielded dict ``{layer: tensor}``; the tensor is the one the block multiplies
-    with the values, so after ``backward`` its ``.grad`` is ``d target / d A'``. Hooks are removed on exit."""
+    ``retain_grad``) in the yielded dict ``{layer: tensor}``. A hook on ``("attn", l)`` makes the block use the
+    hooked tensor downstream (:func:`tcpa_core.intervene`), so after ``backward`` its ``.grad`` is
+    ``d target / d A'``. Restored on exit."""
     store: dict[int, torch.Tensor] = {}
 
-    def keep(layer: int):
-        def hook(_module: nn.Module, _args: Any, value: torch.Tensor) -> None:
-            value.retain_grad()
-            store[layer] = value
-        return hook
+    def keep(value: torch.Tensor, layer: int) -> None:
+        value.retain_grad()
+        store[layer] = value
 
-    handles = [hooks.attn.register_forward_hook(keep(layer)) for layer, hooks in enumerate(model.hooks)]
-    try:
+    with intervene(model, hooks={("attn", layer): keep for layer in range(model.depth)}):
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def attention_gradients(
@@ -53,7 +49,7 @@ def attention_gradients(
     if missing or len(layers) != model.depth:
         raise RuntimeError(
             f"no gradient reached the captured attention of blocks {missing or 'all'} for method "
-            f"{model.config.method!r}: the recorded tensor is not the one the block uses."
+            f"{model.config.method!r}."
         )
     attn = [store[layer].detach() for layer in layers]
     grads = [store[layer].grad.detach() for layer in layers]
