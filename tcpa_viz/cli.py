@@ -654,4 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 from .commands import explain  # noqa: E402,F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m tcpa_viz.cli`: sub-command modules registered into the importable tcpa_viz.cli
+    from tcpa_viz.cli import main as _main
+
+    sys.exit(_main())

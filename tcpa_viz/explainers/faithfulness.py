@@ -168,7 +168,8 @@ def faithfulness(
     Args:
         model: any module mapping images ``[N, C, H, W]`` to logits ``[N, classes]`` (a ``PromptedViT``).
         images: ``[B, C, H, W]`` model inputs; ``H``/``W`` must be multiples of the map's ``h``/``w``.
-        maps: ``[B, h, w]`` patch relevance, or an :class:`Explanation` (its ``.patches`` and ``.target``).
+        maps: ``[B, h, w]`` patch relevance, or an :class:`Explanation` of these images by this model (its
+            ``.patches``, ``.target`` and ``.logits``, which saves one forward pass).
         target: classes to score (default: the explanation's target, else the predicted class).
         boxes: ``[B, 4]`` ground-truth boxes ``(x0, y0, x1, y1)`` in model-input pixels (ends exclusive).
         fill, mean, blur_sigma: what removed patches become (module docstring).
@@ -178,8 +179,10 @@ def faithfulness(
         seed: seed of the random orders (image ``i`` of the call uses the same orders every time).
         batch_size: images per forward pass.
     """
+    logits = None
     if isinstance(maps, Explanation):
         target = maps.target if target is None else target
+        logits = maps.logits.float()
         maps = maps.patches
     maps = torch.as_tensor(maps).detach()
     if maps.ndim != 3 or images.ndim != 4 or maps.shape[0] != images.shape[0]:
@@ -195,8 +198,10 @@ def faithfulness(
     images = images.to(device)
     patch = (height // h, width // w)
     filled = fill_images(images, fill, patch, mean, blur_sigma)
-    with torch.inference_mode():
-        logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, b, batch_size)]).float()
+    if logits is None:
+        with torch.inference_mode():
+            logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, b, batch_size)]).float()
+    logits = logits.to(device)
     t = resolve_target(target, logits)
     original = logits.softmax(-1).gather(1, t[:, None])[:, 0]
     empty = _scores(model, filled, t, batch_size)
