@@ -11,6 +11,16 @@ plotly.js). Checkpoints are loaded once, as :class:`LoadedModel`, by :func:`load
 from .atlas import CollapseCriteria, ImportanceResult, PromptAtlas, prompt_atlas, prompt_importance
 from .attention_maps import TokenAttention, key_column_map, token_attention
 from .errors import AnalysisArgumentError, AnalysisIndexError, FigureArgumentError, IncomparableModelsError
+from .explainers import (
+    EXPLAINERS,
+    Explanation,
+    ExplanationError,
+    FaithfulnessResult,
+    explain,
+    faithfulness,
+    list_explainers,
+)
+from .explainers.report import explain_report, run_demo_explain
 from .features import FeatureSet, extract_features, feature_cache_path
 from .heatmap import attention_matrix, plot_attention_heatmap_matplotlib, plot_attention_heatmap_plotly
 from .models import (
@@ -113,4 +123,7 @@ __all__ = [
     "write_rows_csv", "write_rows_json", "jsonable",
     # synthetic data
     "SyntheticLayer", "synthetic_layer",
+    # attribution and faithfulness
+    "explain", "faithfulness", "Explanation", "FaithfulnessResult", "ExplanationError", "EXPLAINERS",
+    "list_explainers", "explain_report", "run_demo_explain",
 ]

@@ -532,6 +532,9 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
 
         _say(f"\nwriting figures 1, 3, 5, 6 and the rank report to {out / FIGURES_SUBDIR}/")
         run_all(out, log=lambda line: _say(f"  {line}"))
+        from tcpa_viz.explainers.report import run_demo_explain
+
+        run_demo_explain(None, None, splits["test"], out / "explain", demo_dir=out, log=lambda s: _say(f"  {s}"))
     if "tcpa" in methods and not args.no_figures and is_main_process():
         from tcpa_viz.atlas import run_demo_atlas
 
@@ -822,7 +825,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup_distributed()
 
 
-from .commands import atlas  # noqa: E402,F401
+from .commands import (
+    atlas,  # noqa: E402,F401
+    explain,  # noqa: E402,F401
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m tcpa_viz.cli`: sub-command modules registered into the importable tcpa_viz.cli
+    from tcpa_viz.cli import main as _main
+
+    sys.exit(_main())

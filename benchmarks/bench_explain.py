@@ -1,0 +1,84 @@
+"""Benchmark: ``tcpa_viz.explain`` and ``tcpa_viz.faithfulness`` on the demo checkpoints (not a timed test).
+
+Bars (2 CPU cores): ``relevance`` for 32 demo test images <= 2 s (one call, batch 32, after a warm-up call);
+``faithfulness`` of those relevance maps over the whole demo test split <= 60 s (deletion + insertion with
+``--steps`` steps and the random-order baseline, blur fill, batches of ``--batch-size`` perturbed images).
+Every method's explain time for the 32 images is reported too. The machine's 1-minute load average is
+printed beside the timings: on a shared machine the numbers scale with the load.
+
+    python benchmarks/bench_explain.py [--demo-dir DIR] [--threads 2] [--steps 8] [--batch-size 128]
+                                       [--models tcpa,vpt-deep] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RELEVANCE_BAR_SECONDS = 2.0
+FAITHFULNESS_BAR_SECONDS = 60.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-dir", default="demo_out", help="folder with <method>/best checkpoints")
+    parser.add_argument("--models", default="tcpa,vpt-deep", help="comma-separated run folders of --demo-dir")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-images", type=int, default=32, help="images of the explain timings")
+    parser.add_argument("--skip-faithfulness", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the timings to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from tcpa_viz.explainers import explain, faithfulness, list_explainers
+    from tcpa_viz.explainers.report import input_boxes
+    from tcpa_viz.figures.common import ModelInputs, load_model, resolve_data
+
+    results: dict[str, dict[str, float]] = {}
+    ok = True
+    for name in args.models.split(","):
+        loaded = load_model(Path(args.demo_dir) / name)
+        model = loaded.model
+        data = resolve_data(None, loaded, "test")
+        all_images = ModelInputs(data, model).batch()
+        images = all_images[:args.num_images]
+        row: dict[str, float] = {"load_before": os.getloadavg()[0], "test_images": float(len(all_images))}
+        for method in list_explainers():
+            options = {"n_steps": 32} if method == "integrated-gradients" else {}
+            explain(model, images[:2], method=method, **options)
+            start = time.perf_counter()
+            explain(model, images, method=method, **options)
+            row[f"explain_{method}_s"] = time.perf_counter() - start
+        print(f"{loaded.label}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+        ok &= row["explain_relevance_s"] <= RELEVANCE_BAR_SECONDS
+        if not args.skip_faithfulness:
+            start = time.perf_counter()
+            maps = torch.cat([explain(model, all_images[i:i + 32]).patches for i in range(0, len(all_images), 32)])
+            row["relevance_test_split_s"] = time.perf_counter() - start
+            boxes = input_boxes(data, range(len(data)), model)
+            start = time.perf_counter()
+            result = faithfulness(model, all_images, maps, boxes=boxes, steps=args.steps, batch_size=args.batch_size)
+            row["faithfulness_test_split_s"] = time.perf_counter() - start
+            row.update(result.summary())
+            ok &= row["faithfulness_test_split_s"] <= FAITHFULNESS_BAR_SECONDS
+        row["load_after"] = os.getloadavg()[0]
+        results[loaded.label] = row
+        print(f"{loaded.label}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    print(f"bars: relevance(32) <= {RELEVANCE_BAR_SECONDS} s, faithfulness(test split) <= "
+          f"{FAITHFULNESS_BAR_SECONDS} s: {'met' if ok else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "steps": args.steps, "results": results},
+                                              indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
