@@ -48,6 +48,13 @@ from .common import (
     resolve_data,
     write_figures,
 )
+from .compare_panel import (
+    ComparePoint,
+    compare_points,
+    decorate_compare_plotly,
+    draw_compare_matplotlib,
+    find_compare_csv,
+)
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,8 @@ def figure1_matplotlib(image: np.ndarray, views: Sequence[QueryView], rows: Sequ
                 ax.set_ylabel(row_title, fontsize="large")
             _draw_bars(top.add_subplot(grid[2 * m + 1, j]), ta, ymax if ymax > 0 else 1.0)
     top.suptitle(title, fontsize="medium")
-    _time_accuracy_matplotlib(bottom.add_subplot(), points)
+    compared = bool(points) and isinstance(points[0], ComparePoint)
+    (draw_compare_matplotlib if compared else _time_accuracy_matplotlib)(bottom.add_subplot(), points)
     return fig
 
 
@@ -252,6 +260,8 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
     xrange, yrange = _chart_ranges(points)
     fig.update_xaxes(title_text="training time per epoch (s)", range=xrange, row=last, col=1)
     fig.update_yaxes(title_text=f"{metric} accuracy (%)", range=yrange, row=last, col=1)
+    if points and isinstance(points[0], ComparePoint):
+        decorate_compare_plotly(fig, points, row=last, col=1)
     fig.update_layout(title=dict(text=title.replace("\n", "<br>"), font=dict(size=13)), width=1100, height=1400,
                       barmode="overlay", margin=dict(t=165))
     return fig
@@ -268,6 +278,7 @@ def figure1(
     summary: str | Path | Mapping[str, Any] | None = None,
     demo_dir: str | Path = DEFAULT_DEMO_DIR,
     stem: str = "figure1",
+    compare: str | Path | None = None,
 ) -> list[Path]:
     """Write Fig. 1 as ``<stem>.png`` and ``<stem>.html``; returns the two paths.
 
@@ -281,6 +292,8 @@ def figure1(
             ``demo_dir`` when it exists, else each run's own summary).
         demo_dir: the demo folder for the defaults.
         stem: file name without extension.
+        compare: a ``tcpa-viz compare`` ``compare.csv``; the chart then shows every method in it (mean and std
+            over seeds). Default: ``<demo_dir>/compare.csv`` or ``<demo_dir>/compare/compare.csv`` when present.
     """
     base, tc = load_pair(baseline, tcpa, demo_dir)
     dataset = resolve_data(data, base)
@@ -306,7 +319,8 @@ def figure1(
         summary = json.loads(Path(summary).read_text())
     elif summary is None:
         summary = demo_summary(demo_dir)
-    points = timing_points(base, tc, summary)
+    compare = compare or find_compare_csv(demo_dir)
+    points = compare_points(compare) if compare else timing_points(base, tc, summary)
     label = int(labels_of(dataset)[index])
     label_name = names[label] if names and label < len(names) else str(label)
     block = layer % depth
