@@ -11,21 +11,12 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .attention import block_explicit, block_fused
 from .config import PromptConfig
 from .errors import CheckpointError, InputShapeError, UnsupportedModelError
-from .hooks import BlockHooks, HookPoint
+from .hooks import BlockEdit, BlockHooks, HookPoint
 from .layout import TokenLayout
-from .matching import select_prompts, selection_to_columns
-from .prompts import (
-    ConvPrompt,
-    PadPrompt,
-    PromptPools,
-    PromptTokens,
-    fourier_transform,
-    partial_fourier_transform,
-    prompt_dropout,
-)
+from .methods import PromptMethod
+from .prompts import ConvPrompt, PadPrompt, PromptPools, PromptTokens, prompt_dropout
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
@@ -79,14 +70,9 @@ class PromptedViT(nn.Module):
 
         depth = len(backbone.blocks)
         patch_size = tuple(backbone.patch_embed.patch_size)
-        self.prompts: PromptPools | PromptTokens | None = None
-        if config.uses_pools:
-            self.prompts = PromptPools(depth, dim, config.cls_pool_size, config.image_pool_size,
-                                       config.prompt_length, with_keys=config.uses_token_matching)
-        elif config.method in ("vpt-deep", "vfpt"):
-            self.prompts = PromptTokens(depth, config.num_prompts, dim, patch_size)
-        elif config.method == "vpt-shallow":
-            self.prompts = PromptTokens(1, config.num_prompts, dim, patch_size)
+        self.spec: PromptMethod = config.spec
+        self.prompts: PromptPools | PromptTokens | nn.Module | None = self.spec.build_prompts(
+            config, depth, dim, patch_size)
 
         self.input_prompt: nn.Module | None = None
         kind = config.resolved_input_prompt
@@ -100,6 +86,7 @@ class PromptedViT(nn.Module):
         self.hooks = nn.ModuleList(BlockHooks() for _ in range(depth))
         self.hook_features = HookPoint()
         self.hook_layout = HookPoint()
+        self._block_edits: dict[int, BlockEdit] | None = None
 
     # ----------------------------------------------------------------------------------------- utils
     @property
@@ -151,16 +138,25 @@ class PromptedViT(nn.Module):
 
     def token_layout(self, grid_size: tuple[int, int]) -> TokenLayout:
         """Layout of the captured attention for an input with this patch grid."""
-        cfg, prompts = self.config, self.prompts
-        cls_cols = prompts.num_cls_columns if isinstance(prompts, PromptPools) else 0
-        image_cols = prompts.num_image_columns if isinstance(prompts, PromptPools) else 0
-        shared = prompts.prompts.shape[1] if isinstance(prompts, PromptTokens) else 0
+        cls_cols, image_cols, shared = self.spec.key_columns(self)
         return TokenLayout(num_prefix=self.num_prefix, grid_size=tuple(grid_size), num_cls_prompt_keys=cls_cols,
                            num_image_prompt_keys=image_cols, num_shared_prompt_keys=shared,
-                           prompt_length=cfg.prompt_length, has_cls_token=self.backbone.cls_token is not None)
+                           prompt_length=self.config.prompt_length, has_cls_token=self.backbone.cls_token is not None)
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise InputShapeError unless ``images`` is a float [B, C, H, W] batch the backbone takes."""
+    def block_edit(self, layer: int) -> BlockEdit | None:
+        """The intervention active on block ``layer`` (set by :func:`tcpa_core.intervene`), or None."""
+        edits = self._block_edits
+        return None if edits is None else edits.get(layer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the backbone's weights (inputs are cast to it)."""
+        return self.backbone.patch_embed.proj.weight.dtype
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` as the backbone takes them; InputShapeError unless it is a floating [B, C, H, W] batch
+        of the right size. Floating inputs of another dtype (float64, float16, bfloat16) are cast to the
+        backbone's dtype (:attr:`dtype`); integer, bool and complex tensors are refused."""
         pe = self.backbone.patch_embed
         channels = pe.proj.in_channels
         expected = tuple(pe.img_size)
@@ -175,6 +171,8 @@ class PromptedViT(nn.Module):
                 f"expected normalised float images, got dtype {images.dtype}; convert with the transforms of "
                 "tcpa_core.data (ToTensor + Normalize with the backbone's mean/std)."
             )
+        if images.shape[0] == 0:
+            raise InputShapeError("got an empty batch (0 images); pass at least one image.")
         if images.shape[1] != channels:
             raise InputShapeError(
                 f"the backbone takes {channels}-channel images, got {images.shape[1]} channels; convert "
@@ -194,132 +192,59 @@ class PromptedViT(nn.Module):
         if self.input_prompt is not None and isinstance(self.input_prompt, PadPrompt) and \
                 size != self.input_prompt.image_size:
             raise InputShapeError(f"the padding prompt was built for {self.input_prompt.image_size} images.")
+        return images if images.dtype == self.dtype else images.to(self.dtype)
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor, return_pool_loss: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, num_classes]``; with ``return_pool_loss`` also the pool loss (scalar; sum over
         blocks of the CLS and image matching distances, zero for methods without token matching)."""
-        features, pool_loss = self._features(images)
-        logits = self.head(features)
+        x, pool_loss = self.run_blocks(self.embed(images))
+        logits = self.head_from_tokens(x)
         return (logits, pool_loss) if return_pool_loss else logits
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-logits features ``[B, D]`` (what the head sees)."""
-        return self._features(images)[0]
+        return self.pre_logits(self.run_blocks(self.embed(images))[0])
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images ``[B, C, H, W]`` -> the residual stream entering block 0, ``[B, prefix+Np, D]``
+        (input prompt, patch and position embedding; VPT-shallow appends its prompts after the prefix)."""
+        images = self.check_images(images)
+        self.hook_layout(self.token_layout(self.grid_size(images)))
         bb = self.backbone
         if self.input_prompt is not None:
             images = self.input_prompt(images)
         x = bb._pos_embed(bb.patch_embed(images))
-        return bb.norm_pre(bb.patch_drop(x))
+        return self.spec.enter_stream(self, bb.norm_pre(bb.patch_drop(x)))
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.check_images(images)
-        self.hook_layout(self.token_layout(self.grid_size(images)))
-        x = self._embed(images)
-        method = self.config.method
-        if method in ("tcpa", "r-tcpa"):
-            x, pool_loss = self._run_tcpa(x)
-        else:
-            pool_loss = x.new_zeros(())
-            if method in ("vpt-deep", "vfpt"):
-                x = self._run_deep_prompts(x)
-            elif method == "vpt-shallow":
-                x = self._run_shallow_prompts(x)
-            else:
-                x = self._run_sequence(x, num_prompts=0)
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``start`` to ``stop - 1`` (Python slice semantics, negative allowed) on the stream ``x``
+        -> ``(stream, pool_loss)`` with the pool loss summed over those blocks."""
+        pool_loss = x.new_zeros(())
+        for layer in range(self.depth)[start:stop]:
+            x, loss = self.spec.run_block(self, layer, x)
+            pool_loss = pool_loss + loss
+        return x, pool_loss
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Stream after the last block -> pre-logits features ``[B, D]`` (``features`` hook point)."""
         bb = self.backbone
-        features = bb.forward_head(bb.norm(x), pre_logits=True)
-        return self.hook_features(features), pool_loss
+        features = bb.forward_head(bb.norm(self.spec.leave_stream(self, x)), pre_logits=True)
+        out: torch.Tensor = self.hook_features(features)
+        return out
 
-    def _prompt_batch(self, prompts: torch.Tensor, batch: int) -> torch.Tensor:
+    def head_from_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Stream after the last block -> logits ``[B, num_classes]``."""
+        out: torch.Tensor = self.head(self.pre_logits(x))
+        return out
+
+    def prompt_batch(self, prompts: torch.Tensor, batch: int) -> torch.Tensor:
         """[P, D] -> [B, P, D] with prompt dropout while training, [1, P, D] otherwise."""
         if self.training and self.config.prompt_dropout > 0:
             return prompt_dropout(prompts.expand(batch, -1, -1), self.config.prompt_dropout, True)
         return prompts.unsqueeze(0)
-
-    def _sequence_block(self, layer: int, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        """Run block ``layer`` of timm on the full sequence [prefix | prompts | patches] (all are queries),
-        recording the attention rows of prefix and patch queries when captured."""
-        block, hooks = self.backbone.blocks[layer], self.hooks[layer]
-        if not hooks.wants_attention:
-            return block(x)
-        out, raw, _, _ = block_explicit(block, x, self.num_prefix)
-        if num_prompts:
-            keep = torch.cat([torch.arange(self.num_prefix), torch.arange(self.num_prefix + num_prompts, x.shape[1])])
-            raw = raw[:, :, keep.to(x.device)]
-        hooks.attn_raw(raw)
-        hooks.attn(raw)
-        hooks.mask(torch.ones(raw.shape[0], *raw.shape[2:], dtype=torch.bool, device=raw.device))
-        return out
-
-    def _run_sequence(self, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        for layer in range(self.depth):
-            x = self._sequence_block(layer, x, num_prompts)
-        return x
-
-    def _run_shallow_prompts(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_prefix
-        prompts = self._prompt_batch(self.prompts.sequence(0), x.shape[0]).expand(x.shape[0], -1, -1)
-        x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
-        x = self._run_sequence(x, num_prompts=prompts.shape[1])
-        return torch.cat([x[:, :n], x[:, n + prompts.shape[1]:]], dim=1)
-
-    def _run_deep_prompts(self, x: torch.Tensor) -> torch.Tensor:
-        n, batch = self.num_prefix, x.shape[0]
-        for layer in range(self.depth):
-            prompts = self._prompt_batch(self.prompts.sequence(layer), batch)
-            if self.config.method == "vfpt":
-                prompts = partial_fourier_transform(prompts, self.config.fourier_fraction)
-            num = prompts.shape[1]
-            seq = torch.cat([x[:, :n], prompts.expand(batch, -1, -1), x[:, n:]], dim=1)
-            out = self._sequence_block(layer, seq, num)
-            x = torch.cat([out[:, :n], out[:, n + num:]], dim=1)
-        return x
-
-    def _tcpa_selection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt-column selection ``allowed`` [B or 1, N, P] and this block's pool loss term."""
-        pools, cfg, n = self.prompts, self.config, self.num_prefix
-        num_patches = x.shape[1] - n
-        hooks = self.hooks[layer]
-        if not cfg.uses_token_matching:
-            cls_rows = torch.cat([x.new_ones(n, pools.num_cls_columns), x.new_zeros(n, pools.num_image_columns)], 1)
-            patch_rows = torch.cat([x.new_zeros(num_patches, pools.num_cls_columns),
-                                    x.new_ones(num_patches, pools.num_image_columns)], 1)
-            return torch.cat([cls_rows, patch_rows]).bool().unsqueeze(0), x.new_zeros(())
-        random = self.random_selection and self.training
-        image = select_prompts(x[:, n:], pools.image_keys[layer], cfg.image_topk, random)
-        hooks.image_assign(image.indices)
-        image_cols = selection_to_columns(image.indices, pools.image_pool_size, cfg.prompt_length)
-        patch_rows = torch.cat([image_cols.new_zeros(*image_cols.shape[:2], pools.num_cls_columns), image_cols], -1)
-        loss = image.distance()
-        if n == 0:
-            return patch_rows, loss
-        cls = select_prompts(x[:, :1], pools.cls_keys[layer], cfg.cls_topk, random)
-        hooks.cls_assign(cls.indices[:, 0])
-        cls_cols = selection_to_columns(cls.indices, pools.cls_pool_size, cfg.prompt_length)
-        cls_row = torch.cat([cls_cols, cls_cols.new_zeros(x.shape[0], 1, pools.num_image_columns)], -1)
-        return torch.cat([cls_row.expand(-1, n, -1), patch_rows], dim=1), loss + cls.distance()
-
-    def _run_tcpa(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pool_loss = x.new_zeros(())
-        for layer in range(self.depth):
-            allowed, loss = self._tcpa_selection(layer, x)
-            pool_loss = pool_loss + loss
-            prompts = self._prompt_batch(self.prompts.sequence(layer), x.shape[0])
-            if self.config.fourier:
-                prompts = fourier_transform(prompts)
-            block, hooks = self.backbone.blocks[layer], self.hooks[layer]
-            if hooks.wants_attention:
-                x, raw, masked, mask = block_explicit(block, x, self.num_prefix, prompts, allowed)
-                hooks.attn_raw(raw)
-                hooks.attn(masked)
-                hooks.mask(mask)
-            else:
-                x = block_fused(block, x, prompts, allowed)
-        return x, pool_loss
 
 
 def build_model(
