@@ -41,6 +41,7 @@ from tcpa_core.checkpoint import atomic_write, atomic_write_json, read_checkpoin
 from tcpa_core.config import PromptConfig
 from tcpa_core.distributed import derive_seed, is_main_process
 from tcpa_core.errors import CheckpointError, TCPAError
+from tcpa_core.methods import get_method, list_methods
 from tcpa_core.train import BEST_DIR, SUMMARY_FILE, TrainConfig, evaluate, resume_status, train
 
 from .bootstrap import paired_bootstrap_ci
@@ -74,9 +75,6 @@ TCPA against R-TCPA (the effect of token matching alone)."""
 TABLE3_CHAINS: tuple[tuple[str, ...], ...] = (("vpt-deep", "r-tcpa", "tcpa"), ("vfpt", "vfpt+tcpa"), ("vp", "vp+tcpa"))
 """Rows of the paper's Table 3 style ablation: each chain adds one ingredient to the previous method."""
 
-_COMBINED = {"vfpt+tcpa": {"method": "tcpa", "fourier": True}, "vp+tcpa": {"method": "tcpa", "input_prompt": "pad"}}
-_TITLES = {"none": "linear probe", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "vfpt": "VFPT", "vp": "VP",
-           "tcpa": "TCPA", "r-tcpa": "R-TCPA", "vfpt+tcpa": "VFPT+TCPA", "vp+tcpa": "VP+TCPA"}
 
 
 class CompareError(TCPAError, ValueError):
@@ -84,20 +82,18 @@ class CompareError(TCPAError, ValueError):
 
 
 def method_names() -> tuple[str, ...]:
-    """Every method ``compare`` accepts."""
-    from tcpa_core.config import METHODS
-
-    return tuple(dict.fromkeys((*METHODS, *_COMBINED)))
+    """Every method ``compare`` accepts: the method registry, in its order."""
+    return tuple(list_methods())
 
 
 def display_name(method: str) -> str:
-    """Human name of a method (``"vfpt+tcpa"`` -> ``"VFPT+TCPA"``)."""
-    return _TITLES.get(method, method)
+    """Human name of a registered method (``"vfpt+tcpa"`` -> ``"VFPT+TCPA"``); other names unchanged."""
+    return get_method(method).display_name if method in list_methods() else method
 
 
 def method_role(method: str) -> str:
-    """``"tcpa"`` for the methods built on TCPA's prompt pools, ``"baseline"`` for the others."""
-    return "tcpa" if "tcpa" in method else "baseline"
+    """``"tcpa"`` for the TCPA family (prompt pools), ``"baseline"`` for the others (registry ``role``)."""
+    return get_method(method).role if method in list_methods() else "baseline"
 
 
 def method_prompt_config(method: str, overrides: Mapping[str, Any] | None = None) -> PromptConfig:
@@ -105,8 +101,7 @@ def method_prompt_config(method: str, overrides: Mapping[str, Any] | None = None
     counts, dropout...; fields a method does not use are ignored by it)."""
     if method not in method_names():
         raise CompareError(f"Unknown method {method!r}; choose from {', '.join(method_names())}.")
-    values = {**dict(overrides or {}), "method": method, **_COMBINED.get(method, {})}
-    return PromptConfig(**values)
+    return PromptConfig(**{**dict(overrides or {}), "method": method})
 
 
 @dataclass

@@ -16,10 +16,21 @@ from safetensors.torch import save_file
 from scipy import stats
 
 from tcpa_core.checkpoint import load_checkpoint
+from tcpa_core.methods import get_method, list_methods
 from tcpa_core.train import evaluate
 from tcpa_viz.bootstrap import BootstrapInputError, paired_bootstrap_ci, per_image_difference
 from tcpa_viz.cli import _open_split, _transforms, main
-from tcpa_viz.compare import CSV_COLUMNS, CompareConfig, CompareError, method_prompt_config, run_dir_for
+from tcpa_viz.compare import (
+    CSV_COLUMNS,
+    PAIRS,
+    TABLE3_CHAINS,
+    CompareConfig,
+    CompareError,
+    display_name,
+    method_prompt_config,
+    method_role,
+    run_dir_for,
+)
 from tcpa_viz.figures.common import labels_of
 from tcpa_viz.figures.compare_panel import compare_points
 
@@ -133,10 +144,19 @@ def test_bad_comparisons_are_named_errors(capsys):
     assert "--lrs only" in capsys.readouterr().err
 
 
-def test_combined_methods_are_tcpa_with_their_ingredient():
-    assert method_prompt_config("vfpt+tcpa").method == "tcpa" and method_prompt_config("vfpt+tcpa").fourier
-    assert method_prompt_config("vp+tcpa").resolved_input_prompt == "pad"
-    assert method_prompt_config("tcpa", {"fourier_fraction": 0.25, "cls_topk": 3}).cls_topk == 3
+@pytest.mark.parametrize("method", list_methods())
+def test_every_registered_method_can_be_compared(method):
+    cfg = method_prompt_config(method, {"cls_topk": 3, "num_prompts": 5})
+    assert cfg.spec.name == method and cfg.cls_topk == 3 and cfg.num_prompts == 5
+    assert display_name(method) == get_method(method).display_name
+    assert method_role(method) == get_method(method).role
+
+
+def test_pairs_and_chains_name_registered_methods():
+    names = set(list_methods())
+    assert {m for pair in PAIRS for m in pair} <= names and {m for c in TABLE3_CHAINS for m in c} <= names
+    assert all(method_role(a) == "tcpa" for a, _ in PAIRS)
+    assert method_prompt_config("vfpt+tcpa").fourier and method_prompt_config("vp+tcpa").resolved_input_prompt == "pad"
 
 
 # ------------------------------------------------------------------------------------------ bootstrap

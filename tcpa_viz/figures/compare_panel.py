@@ -17,10 +17,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..colors import categorical_colors
-from ..compare import COMPARE_CSV, SUMMARY_JSON, display_name, read_compare_csv
+from ..compare import COMPARE_CSV, SUMMARY_JSON, display_name, method_role, read_compare_csv
 from .common import write_figures
 
 TCPA_COLOR = "#d62728"
+BASE_COLOR = "#7f7f7f"
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,12 @@ class ComparePoint:
     seconds_std: float
     accuracy_std: float
     seeds: int
+    role: str = "baseline"
     metric: str = "test"
 
     @property
     def is_tcpa(self) -> bool:
-        return "TCPA" in self.label
+        return self.role == "tcpa"
 
 
 def find_compare_csv(*folders: str | Path | None) -> Path | None:
@@ -63,13 +65,13 @@ def compare_points(path: str | Path) -> list[ComparePoint]:
         points.append(ComparePoint(
             label=mine[0].get("display_name") or display_name(method), seconds_per_epoch=float(sec.mean()),
             accuracy=float(acc.mean()), seconds_std=float(sec.std(ddof=1)) if sec.size > 1 else 0.0,
-            accuracy_std=float(acc.std(ddof=1)) if acc.size > 1 else 0.0, seeds=int(acc.size)))
+            accuracy_std=float(acc.std(ddof=1)) if acc.size > 1 else 0.0, seeds=int(acc.size),
+            role=method_role(method)))
     return points
 
 
 def _colors(points: Sequence[ComparePoint]) -> list[str]:
-    palette = categorical_colors(max(1, len(points)))
-    return [TCPA_COLOR if p.is_tcpa else palette[i] for i, p in enumerate(points)]
+    return categorical_colors(max(1, len(points)))[:len(points)]
 
 
 def compare_ranges(points: Sequence[ComparePoint]) -> tuple[list[float], list[float]]:
@@ -81,7 +83,7 @@ def compare_ranges(points: Sequence[ComparePoint]) -> tuple[list[float], list[fl
     lo_y = min(100 * (p.accuracy - p.accuracy_std) for p in points)
     hi_y = max(100 * (p.accuracy + p.accuracy_std) for p in points)
     xpad, ypad = max(0.5, 0.1 * (hi_x - lo_x)), max(1.5, 0.08 * (hi_y - lo_y))
-    return [max(0.0, lo_x - xpad), hi_x + 3.5 * xpad], [lo_y - ypad, min(100.0, hi_y) + ypad]
+    return [max(0.0, lo_x - xpad), hi_x + 2.5 * xpad], [lo_y - ypad, min(100.0, hi_y) + ypad]
 
 
 def _seeds_note(points: Sequence[ComparePoint]) -> str:
@@ -98,11 +100,12 @@ def draw_compare_matplotlib(ax: Any, points: Sequence[ComparePoint]) -> None:
         return
     for p, color in zip(points, _colors(points), strict=True):
         ax.errorbar(p.seconds_per_epoch, 100 * p.accuracy, xerr=p.seconds_std, yerr=100 * p.accuracy_std,
-                    fmt="*" if p.is_tcpa else "o", markersize=12 if p.is_tcpa else 8, color=color, capsize=3,
-                    zorder=3, label=p.label)
-        ax.annotate(f"{p.label} ({100 * p.accuracy:.1f}%)", (p.seconds_per_epoch, 100 * p.accuracy),
-                    textcoords="offset points", xytext=(7, 3), fontsize="small")
+                    fmt="*" if p.is_tcpa else "o", markersize=13 if p.is_tcpa else 8, color=color, capsize=3,
+                    zorder=3, label=f"{p.label}: {100 * p.accuracy:.1f} ± {100 * p.accuracy_std:.1f}%, "
+                                    f"{p.seconds_per_epoch:.1f} s")
     xrange, yrange = compare_ranges(points)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False,
+              title="method: test acc, s / epoch", title_fontsize="small")
     ax.set_xlim(*xrange)
     ax.set_ylim(*yrange)
     ax.set_xlabel("training time per epoch (s)")
@@ -160,47 +163,39 @@ def table3_steps(summary: Mapping[str, Any]) -> list[list[ChainStep]]:
 
 
 def _step_text(step: ChainStep) -> str:
-    text = f"{100 * step.accuracy:.2f} ± {100 * step.std:.2f}"
-    if step.delta is not None:
-        text += f"  (Δ {100 * step.delta:+.2f} pp, CI [{100 * step.low:+.2f}, {100 * step.high:+.2f}])"  # type: ignore[operator]
+    text = f"{100 * step.accuracy:6.2f} ± {100 * step.std:4.2f}"
+    if step.delta is not None and step.low is not None and step.high is not None:
+        text += f"   Δ {100 * step.delta:+.2f} pp  CI [{100 * step.low:+.2f}, {100 * step.high:+.2f}]"
     return text
 
 
 def table3_matplotlib(chains: Sequence[Sequence[ChainStep]], title: str) -> Figure:
-    """Horizontal bars, one group per chain, annotated with mean ± std and each step's Δ with its interval."""
-    labels: list[str] = []
-    values, errors, colors, texts, ys = [], [], [], [], []
-    y = 0.0
-    group_ticks = []
-    for chain in chains:
-        for step in chain:
-            ys.append(y)
-            labels.append(step.label)
-            values.append(100 * step.accuracy)
-            errors.append(100 * step.std)
-            colors.append(TCPA_COLOR if "TCPA" in step.label else "#7f7f7f")
-            texts.append(_step_text(step))
-            y += 1
-        group_ticks.append(y - 0.5)
-        y += 0.8
-    fig = Figure(figsize=(9.5, 0.55 * max(1, len(ys)) + 1.6), layout="constrained")
-    ax = fig.add_subplot()
-    if not ys:
+    """Horizontal bars (mean ± std over seeds), one group per chain, and beside them a text column with each
+    step's accuracy and its difference from the previous step with the paired bootstrap interval."""
+    steps = [(step, i) for i, chain in enumerate(chains) for step in chain]
+    fig = Figure(figsize=(10.0, 0.5 * max(1, len(steps)) + 0.4 * len(chains) + 1.4), layout="constrained")
+    if not steps:
+        ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no Table 3 chain among the compared methods", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    ax.barh(ys, values, xerr=errors, color=colors, capsize=3, height=0.7)
-    low = max(0.0, min(v - e for v, e in zip(values, errors, strict=True)) - 5)
-    for yy, v, e, text in zip(ys, values, errors, texts, strict=True):
-        ax.text(v + e + 0.3, yy, text, va="center", fontsize="small")
-    ax.set_yticks(ys, labels)
-    ax.invert_yaxis()
-    ax.set_xlim(low, 100 + 0.6 * (100 - low))
-    for tick in group_ticks[:-1]:
-        ax.axhline(tick + 0.4, color="#cccccc", linewidth=0.8)
-    ax.set_xlabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(title, fontsize="medium")
-    ax.grid(True, axis="x", alpha=0.3)
+    bars, notes = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.0, 0.8]})
+    ys = [j + 0.6 * i for j, (_, i) in enumerate(steps)]
+    values = [100 * s.accuracy for s, _ in steps]
+    errors = [100 * s.std for s, _ in steps]
+    colors = [TCPA_COLOR if method_role(s.method) == "tcpa" else BASE_COLOR for s, _ in steps]
+    bars.barh(ys, values, xerr=errors, color=colors, capsize=3, height=0.7)
+    low = max(0.0, 5 * np.floor((min(v - e for v, e in zip(values, errors, strict=True)) - 5) / 5))
+    bars.set_xlim(low, 100)
+    bars.set_yticks(ys, [s.label for s, _ in steps])
+    bars.invert_yaxis()
+    bars.grid(True, axis="x", alpha=0.3)
+    bars.set_xlabel("test accuracy (%), mean ± std over seeds")
+    notes.set_axis_off()
+    notes.set_xlim(0, 1)
+    for y, (step, _) in zip(ys, steps, strict=True):
+        notes.text(0.0, y, _step_text(step), va="center", fontsize="small", family="monospace")
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
@@ -216,7 +211,7 @@ def table3_plotly(chains: Sequence[Sequence[ChainStep]], title: str) -> Any:
             fig.add_trace(go.Bar(
                 x=[100 * step.accuracy], y=[step.label], orientation="h", name=step.label, showlegend=False,
                 error_x=dict(type="data", array=[100 * step.std], visible=True), text=[_step_text(step)],
-                textposition="outside", marker_color=TCPA_COLOR if "TCPA" in step.label else "#7f7f7f",
+                textposition="outside", marker_color=TCPA_COLOR if method_role(step.method) == "tcpa" else BASE_COLOR,
                 hovertemplate=f"{step.label}<br>{_step_text(step)}<extra></extra>",
             ))
     fig.update_yaxes(categoryorder="array", categoryarray=order[::-1])
