@@ -27,14 +27,13 @@ import io
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from tcpa_core.checkpoint import atomic_write, atomic_write_json, read_checkpoint
@@ -42,6 +41,7 @@ from tcpa_core.config import PromptConfig
 from tcpa_core.distributed import derive_seed, is_main_process
 from tcpa_core.errors import CheckpointError, TCPAError
 from tcpa_core.methods import get_method, list_methods
+from tcpa_core.model import PromptedViT
 from tcpa_core.train import BEST_DIR, SUMMARY_FILE, TrainConfig, evaluate, resume_status, train
 
 from .bootstrap import paired_bootstrap_ci
@@ -164,7 +164,7 @@ class CompareData:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-ModelFactory = Callable[[PromptConfig], nn.Module]
+ModelFactory = Callable[[PromptConfig], PromptedViT]
 """Builds a fresh ``PromptedViT`` on the shared backbone for a prompt configuration."""
 
 
@@ -228,7 +228,7 @@ class Comparison:
         self._test_labels: np.ndarray | None = None
 
     # ---------------------------------------------------------------------------------------- one run
-    def _train_run(self, method: str, lr: float, seed: int) -> tuple[RunRecord, nn.Module]:
+    def _train_run(self, method: str, lr: float, seed: int) -> tuple[RunRecord, PromptedViT]:
         cfg = replace(self.config.train, lr=lr, seed=seed, min_lr=min(self.config.train.min_lr, lr))
         torch.manual_seed(derive_seed(seed, "init"))
         model = self.factory(method_prompt_config(method, self.config.prompt))
@@ -257,13 +257,13 @@ class Comparison:
         )
         return record, model
 
-    def _test(self, record: RunRecord, model: nn.Module) -> None:
+    def _test(self, record: RunRecord, model: PromptedViT) -> None:
         """Test accuracy and per-image correctness of ``record``'s best checkpoint (cached in the run folder,
         keyed by the checkpoint's digest)."""
         weights = record.run_dir / BEST_DIR / "model.safetensors"
         digest = _file_digest(weights)
         cache = record.run_dir / TEST_RESULT
-        n = len(self.data.test)  # type: ignore[arg-type]
+        n = len(cast(Sized, self.data.test))
         if cache.is_file():
             saved = json.loads(cache.read_text())
             if saved.get("checkpoint_sha256") == digest and saved.get("num_samples") == n:
@@ -433,16 +433,21 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _atomic_text(path: Path, text: str) -> None:
+    def write(handle: IO[bytes]) -> None:
+        handle.write(text.encode("utf-8"))
+
+    atomic_write(path, write)
+
+
 def write_outputs(records: Sequence[RunRecord], config: CompareConfig, out_dir: str | Path) -> dict[str, Path]:
     """Atomically write ``compare.csv``, ``compare_summary.json`` and ``compare_summary.md``."""
     out = Path(out_dir)
     summary = build_summary(records, config)
     paths = {"csv": out / COMPARE_CSV, "json": out / SUMMARY_JSON, "markdown": out / SUMMARY_MD}
-    text = _csv_text([r.row() for r in records])
-    atomic_write(paths["csv"], lambda f: f.write(text.encode()))
+    _atomic_text(paths["csv"], _csv_text([r.row() for r in records]))
     atomic_write_json(paths["json"], summary)
-    markdown = summary_markdown(summary)
-    atomic_write(paths["markdown"], lambda f: f.write(markdown.encode()))
+    _atomic_text(paths["markdown"], summary_markdown(summary))
     return paths
 
 

@@ -222,11 +222,13 @@ def table3_plotly(chains: Sequence[Sequence[ChainStep]], title: str) -> Any:
 
 def write_table3(summary: Mapping[str, Any] | str | Path, out_dir: str | Path, stem: str = "table3") -> list[Path]:
     """Write the ablation chart (``<stem>.png``, ``<stem>.html``) from a compare summary (dict or JSON path)."""
-    if not isinstance(summary, Mapping):
+    if isinstance(summary, Mapping):
+        data: Mapping[str, Any] = summary
+    else:
         path = Path(summary)
-        summary = json.loads((path / SUMMARY_JSON if path.is_dir() else path).read_text())
-    chains = table3_steps(summary)
-    seeds = summary["config"]["seeds"]
+        data = json.loads((path / SUMMARY_JSON if path.is_dir() else path).read_text())
+    chains = table3_steps(data)
+    seeds = data["config"]["seeds"]
     title = (f"Table 3 style ablation: test accuracy over seeds {', '.join(map(str, seeds))}; "
              "Δ vs the previous step with its paired bootstrap CI")
     return write_figures(out_dir, stem, table3_matplotlib(chains, title), table3_plotly(chains, title))
