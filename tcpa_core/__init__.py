@@ -5,14 +5,19 @@ from .capture import ActivationCache, capture
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, PromptConfig
 from .errors import (
+    BackboneArgumentError,
     BackboneMismatchError,
     CaptureError,
     CheckpointError,
     DatasetError,
+    DeviceError,
     EmptyDatasetError,
     ImageFormatError,
     InputShapeError,
+    OutputPathError,
     PromptConfigError,
+    RunExistsError,
+    RunLockedError,
     TCPAError,
     TrainConfigError,
     TrainingError,
@@ -22,12 +27,15 @@ from .intervene import intervene
 from .layout import TokenLayout
 from .methods import PromptMethod, get_method, list_methods, register_method
 from .model import PromptedViT, build_model
+from .run_lock import RunLock
 from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
     "METHODS", "PromptConfig", "PromptMethod", "get_method", "list_methods", "register_method", "PromptedViT",
     "build_model", "capture", "intervene", "ActivationCache", "TokenLayout",
-    "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
-    "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
+    "BackboneArgumentError", "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError",
+    "EmptyDatasetError", "ImageFormatError", "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError",
+    "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
+    "DeviceError", "OutputPathError", "RunExistsError", "RunLockedError", "RunLock",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .config import PromptConfig
-from .errors import CheckpointError, InputShapeError, UnsupportedModelError
+from .errors import BackboneArgumentError, CheckpointError, InputShapeError, PromptConfigError, UnsupportedModelError
 from .hooks import BlockEdit, BlockHooks, HookPoint
 from .layout import TokenLayout
 from .methods import PromptMethod
@@ -51,7 +52,10 @@ class PromptedViT(nn.Module):
                  backbone_name: str | None = None) -> None:
         super().__init__()
         _check_backbone(backbone)
+        if not isinstance(config, PromptConfig):
+            raise PromptConfigError(f"config must be a PromptConfig, got {type(config).__name__}.")
         config.validate()
+        num_classes = _check_num_classes(num_classes)
         self.config = config
         self.backbone_name = backbone_name or getattr(backbone, "pretrained_cfg", {}).get(
             "architecture", type(backbone).__name__)
@@ -265,19 +269,41 @@ def build_model(
         checkpoint: a local backbone weight file (.pth/.pt/.npz/.safetensors) to load instead.
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``dynamic_img_size``).
     """
-    config = config or PromptConfig()
+    if config is None:
+        config = PromptConfig()
+    elif not isinstance(config, PromptConfig):
+        raise PromptConfigError(
+            f"config must be a PromptConfig, got {type(config).__name__}; build one with "
+            "PromptConfig(method='tcpa', ...) (or PromptConfig.from_dict(d) for a dict)."
+        )
+    if num_classes is not None:
+        num_classes = _check_num_classes(num_classes)
+    if not isinstance(pretrained, bool):
+        raise PromptConfigError(f"pretrained must be True or False, got {type(pretrained).__name__} {pretrained!r}.")
+    if checkpoint is not None and (not isinstance(checkpoint, str | Path) or not str(checkpoint).strip()):
+        raise PromptConfigError(
+            f"checkpoint must be the path of a backbone weight file (str or Path), got {checkpoint!r}."
+        )
     if isinstance(model, str):
-        name = model
-        try:
-            backbone = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **timm_kwargs)
-        except RuntimeError as err:
-            if "Unknown model" in str(err):
-                raise UnsupportedModelError(
-                    f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
-                ) from err
-            raise
-    else:
+        backbone = _create_backbone(model, pretrained, num_classes, timm_kwargs)
+        name: str | None = model
+    elif isinstance(model, nn.Module):
+        if timm_kwargs:
+            raise UnsupportedModelError(
+                f"timm keyword arguments {sorted(timm_kwargs)} only apply when the model is given by name; this "
+                "backbone is already built, so create it with them (or pass its timm name)."
+            )
+        if pretrained:
+            raise UnsupportedModelError(
+                "pretrained=True only applies when the model is given by name; load weights into the module "
+                "yourself or pass checkpoint=FILE."
+            )
         name, backbone = None, model
+    else:
+        raise UnsupportedModelError(
+            f"model must be a timm model name (e.g. 'vit_base_patch16_224') or a timm VisionTransformer, got "
+            f"{type(model).__name__} {model!r}."
+        )
     if not isinstance(backbone, VisionTransformer):
         _check_backbone(backbone)
     if checkpoint is not None:
@@ -287,5 +313,48 @@ def build_model(
     if num_classes is None:
         num_classes = backbone.num_classes
     if not num_classes:
-        raise ValueError("num_classes must be given (the backbone has no classifier head).")
+        raise PromptConfigError("num_classes must be given (the backbone has no classifier head): e.g. num_classes=10.")
     return PromptedViT(backbone, config, num_classes, backbone_name=name)
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise PromptConfigError(
+            f"num_classes must be a positive integer, got {type(num_classes).__name__} {num_classes!r}."
+        )
+    if num_classes < 1:
+        raise PromptConfigError(f"num_classes must be >= 1, got {num_classes}.")
+    return int(num_classes)
+
+
+def _create_backbone(name: str, pretrained: bool, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with its failures turned into named errors."""
+    if not name.strip():
+        raise UnsupportedModelError("model is an empty name; pass a timm ViT name such as 'vit_base_patch16_224'.")
+    try:
+        backbone: nn.Module = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UnsupportedModelError(
+                f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
+            ) from err
+        if pretrained:
+            raise CheckpointError(
+                f"could not load timm's pretrained weights of {name!r} ({str(err).splitlines()[0]}); without "
+                "internet pass a local weight file with checkpoint=FILE (--checkpoint) instead."
+            ) from err
+        raise BackboneArgumentError(
+            f"timm could not build {name!r} with {kwargs or 'its defaults'}: {str(err).splitlines()[0]}."
+        ) from err
+    except (TypeError, ValueError, AssertionError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackboneArgumentError(
+            f"timm rejected the backbone arguments {kwargs} for {name!r}: {detail}. Check the names and values "
+            "against timm's VisionTransformer (e.g. img_size=224, dynamic_img_size=True)."
+        ) from err
+    except OSError as err:
+        raise CheckpointError(
+            f"could not fetch timm's pretrained weights of {name!r} ({err}); without internet pass a local "
+            "weight file with checkpoint=FILE (--checkpoint) instead."
+        ) from err
+    return backbone

@@ -176,7 +176,7 @@ def _checkpoint(method: str, weights: Path, out: Path, seed: int) -> Path:
         save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
     cfg = PromptConfig(method=method, **SMALL)
     torch.manual_seed(seed)
-    model = build_model(backbone, cfg, num_classes=10, backbone_name="tcpa_demo_vit")
+    model = build_model(backbone, cfg, num_classes=10)
     meta = {"dataset": {"name": "digits", "seed": 0, "val_fraction": 0.1, "max_samples": 40}}
     save_checkpoint(model, out, meta, backbone_source={"name": "tcpa_demo_vit", "weights": str(weights),
                                                        "kwargs": TINY64})

@@ -32,6 +32,7 @@ from .common import (
     FIGURES_SUBDIR,
     METHOD_TITLES,
     DataSpec,
+    FigureArgumentError,
     LoadedModel,
     ModelInputs,
     QueryPatches,
@@ -299,7 +300,8 @@ def figure1(
     dataset = resolve_data(data, base)
     index = choose_sample(dataset, base, tc) if index is None else int(index)
     if not 0 <= index < len(dataset):
-        raise IndexError(f"sample {index} is outside the {len(dataset)} samples of the dataset")
+        raise FigureArgumentError(f"--index {index} is outside the {len(dataset)} samples of the dataset; pass an "
+                                  f"index in 0..{len(dataset) - 1}.")
     rows: list[tuple[str, list[TokenAttention]]] = []
     names = class_names(dataset)
     image = patches = views = depth = None

@@ -25,6 +25,7 @@ from .common import (
     DEFAULT_DEMO_DIR,
     FIGURES_SUBDIR,
     DataSpec,
+    FigureArgumentError,
     LoadedModel,
     ModelInputs,
     adaptive_threads,
@@ -142,7 +143,8 @@ def figure3(
     dataset = resolve_data(data, base)
     index = choose_sample(dataset, base, tc) if index is None else int(index)
     if not 0 <= index < len(dataset):
-        raise IndexError(f"sample {index} is outside the {len(dataset)} samples of the dataset")
+        raise FigureArgumentError(f"--index {index} is outside the {len(dataset)} samples of the dataset; pass an "
+                                  f"index in 0..{len(dataset) - 1}.")
     panels, queries = [], []
     depth = len(base.model.backbone.blocks)
     for loaded in (base, tc):
