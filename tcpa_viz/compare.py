@@ -11,7 +11,8 @@ Protocol, per method:
 
 Every run is a ``tcpa_core.train.train`` run folder ``<out>/runs/<method>/lr<lr>_seed<seed>/``, written
 atomically after each epoch; a finished run with the same configuration is reused without training, an
-interrupted one is resumed, one with a different configuration is an error unless ``force``.
+interrupted one is resumed, one with a different configuration is an error unless ``force``. The output
+folder and each run folder are locked (:class:`tcpa_core.run_lock.RunLock`) while they are written.
 
 Outputs: ``compare.csv`` (one row per run: :data:`CSV_COLUMNS` then bookkeeping columns),
 ``compare_summary.json`` and ``compare_summary.md`` (mean ± std over seeds per method, the paired bootstrap
@@ -20,6 +21,7 @@ intervals of :data:`PAIRS`, the Table 3 chains of :data:`TABLE3_CHAINS`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -39,10 +41,20 @@ from torch.utils.data import Dataset
 from tcpa_core.checkpoint import atomic_write, atomic_write_json, read_checkpoint
 from tcpa_core.config import PromptConfig
 from tcpa_core.distributed import derive_seed, is_main_process
-from tcpa_core.errors import CheckpointError, TCPAError
+from tcpa_core.errors import RunExistsError, TCPAError
 from tcpa_core.methods import get_method, list_methods
 from tcpa_core.model import PromptedViT
-from tcpa_core.train import BEST_DIR, SUMMARY_FILE, TrainConfig, evaluate, resume_status, train
+from tcpa_core.run_lock import RunLock
+from tcpa_core.train import (
+    BEST_DIR,
+    SUMMARY_FILE,
+    TrainConfig,
+    check_writable_folder,
+    evaluate,
+    resume_differences,
+    resume_status,
+    train,
+)
 
 from .bootstrap import paired_bootstrap_ci
 
@@ -242,13 +254,15 @@ class Comparison:
             summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         else:
             if status == "incompatible" and not self.config.force:
-                raise CheckpointError(
-                    f"{run_dir} holds a run with a different configuration (or an unreadable state); pass "
-                    "--force to retrain it, or use another --out folder."
+                diffs = resume_differences(run_dir, model, self.data.train, self.data.val, cfg, meta)
+                raise RunExistsError(
+                    f"{run_dir} holds a run with another configuration ({'; '.join(diffs[:4]) or 'unreadable state'}"
+                    "); pass --force to retrain it, or use another --out folder."
                 )
             resume = status == "resumable" and not self.config.force
             self.log(f"{name} {'resuming' if resume else 'training'} {cfg.epochs} epochs -> {run_dir}")
-            summary = train(model, self.data.train, self.data.val, cfg, run_dir, resume=resume, meta=meta)
+            summary = train(model, self.data.train, self.data.val, cfg, run_dir, resume=resume, meta=meta,
+                            overwrite=self.config.force)
         record = RunRecord(
             method=method, seed=seed, lr=lr, val_acc=float(summary["best_val_acc"]), test_acc=None,
             seconds_per_epoch=float(summary["seconds_per_epoch"]),
@@ -285,11 +299,24 @@ class Comparison:
                                       "accuracy": record.test_acc, "predictions": predictions.tolist(),
                                       "labels": self._test_labels.tolist(), "correct": correct.astype(int).tolist()})
 
+    @staticmethod
+    def _lock(folder: Path) -> Any:
+        return RunLock(folder) if is_main_process() else contextlib.nullcontext()
+
+    def _locked_run(self, method: str, lr: float, seed: int, test: bool) -> tuple[RunRecord, PromptedViT]:
+        """One run (and its test evaluation when ``test``) while holding the lock of its folder."""
+        with self._lock(run_dir_for(self.out, method, lr, seed)):
+            record, model = self._train_run(method, lr, seed)
+            if test:
+                record.selected = True
+                self._test(record, model)
+        return record, model
+
     # ---------------------------------------------------------------------------------------- protocol
     def run_method(self, method: str) -> list[RunRecord]:
         """Grid at ``seeds[0]``, choice on validation, the other seeds at the chosen rate, test for those."""
         first, others = self.config.seeds[0], self.config.seeds[1:]
-        grid = [self._train_run(method, lr, first) for lr in self.config.lrs]
+        grid = [self._locked_run(method, lr, first, test=False) for lr in self.config.lrs]
         for record, _ in grid:
             record.grid = True
         chosen_index = max(range(len(grid)), key=lambda i: (grid[i][0].val_acc, -grid[i][0].lr))
@@ -297,12 +324,11 @@ class Comparison:
         chosen.selected = True
         accs = ", ".join(f"{r.lr:g}: {100 * r.val_acc:.2f}%" for r, _ in grid)
         self.log(f"[{method}] val accuracy per lr ({accs}) -> lr {chosen.lr:g}")
-        self._test(chosen, model)
+        with self._lock(chosen.run_dir):
+            self._test(chosen, model)
         records = [r for r, _ in grid]
         for seed in others:
-            record, model = self._train_run(method, chosen.lr, seed)
-            record.selected = True
-            self._test(record, model)
+            record, model = self._locked_run(method, chosen.lr, seed, test=True)
             records.append(record)
         for r in records:
             if r.selected:
@@ -311,13 +337,16 @@ class Comparison:
         return records
 
     def run(self) -> list[RunRecord]:
-        """Every method in order; ``compare.csv`` and the summaries are rewritten after each method, so an
+        """Every method in order, holding the lock of the output folder (a second comparison writing there is
+        refused with RunLockedError); ``compare.csv`` and the summaries are rewritten after each method, so an
         interrupted comparison leaves the finished methods' results."""
+        check_writable_folder(self.out, "--out")
         records: list[RunRecord] = []
-        for method in self.config.methods:
-            records += self.run_method(method)
-            if is_main_process():
-                write_outputs(records, self.config, self.out)
+        with self._lock(self.out):
+            for method in self.config.methods:
+                records += self.run_method(method)
+                if is_main_process():
+                    write_outputs(records, self.config, self.out)
         return records
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +131,23 @@ def test_changed_configuration_is_a_one_line_error(compared, capsys):
     assert main(_args(out, weights, "--epochs", "2", "--no-figures")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--force" in err[0]
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_while_the_folder_is_locked(compared, capsys):
+    out, weights = compared
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tcpa_core.run_lock import RunLock\n"
+         "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(_args(out, weights, "--no-figures")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(holder.pid) in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_bad_comparisons_are_named_errors(capsys):
