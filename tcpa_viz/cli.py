@@ -144,18 +144,23 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -
     g.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="data loading processes (default 0)")
 
 
-def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+def _add_prompt_args(p: argparse.ArgumentParser, choose_method: bool = True) -> None:
+    """Prompt options; ``choose_method=False`` leaves out those that select the method (``--method``,
+    ``--fourier``, ``--input-prompt``) for commands that run several methods."""
     g = p.add_argument_group("prompts (defaults: the authors' scripts)")
-    g.add_argument("--method", choices=METHODS, default="tcpa")
+    if choose_method:
+        g.add_argument("--method", choices=METHODS, default="tcpa")
     g.add_argument("--cls-pool-size", type=int)
     g.add_argument("--image-pool-size", type=int)
     g.add_argument("--cls-topk", type=int)
     g.add_argument("--image-topk", type=int)
     g.add_argument("--prompt-length", type=int)
     g.add_argument("--num-prompts", type=int, help="prompts per layer for vpt-shallow/vpt-deep/vfpt")
-    g.add_argument("--fourier", action="store_true", default=None, help="VFPT+TCPA (tcpa/r-tcpa)")
+    if choose_method:
+        g.add_argument("--fourier", action="store_true", default=None, help="VFPT+TCPA (tcpa/r-tcpa)")
     g.add_argument("--fourier-fraction", type=float)
-    g.add_argument("--input-prompt", choices=("pad", "conv"), help="add an input-space prompt (VP)")
+    if choose_method:
+        g.add_argument("--input-prompt", choices=("pad", "conv"), help="add an input-space prompt (VP)")
     g.add_argument("--prompt-dropout", type=float)
 
 
@@ -825,10 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup_distributed()
 
 
-from .commands import (
-    atlas,  # noqa: E402,F401
-    explain,  # noqa: E402,F401
-)
+from .commands import atlas, compare, explain  # noqa: E402,F401  (sub-commands register themselves)
 
 if __name__ == "__main__":
     # run as `python -m tcpa_viz.cli`: sub-command modules registered into the importable tcpa_viz.cli

@@ -45,6 +45,13 @@ from .common import (
     query_patches,
     write_figures,
 )
+from .compare_panel import (
+    ComparePoint,
+    compare_points,
+    decorate_compare_plotly,
+    draw_compare_matplotlib,
+    find_compare_csv,
+)
 
 
 def _read_summary(summary: str | Path | Mapping[str, Any] | None, demo_dir: str | Path) -> Mapping[str, Any] | None:
@@ -200,7 +207,8 @@ def figure1_matplotlib(image: np.ndarray, views: Sequence[QueryView], rows: Sequ
                 ax.set_ylabel(row_title, fontsize="large")
             _draw_bars(top.add_subplot(grid[2 * m + 1, j]), ta, ymax if ymax > 0 else 1.0)
     top.suptitle(title, fontsize="medium")
-    _time_accuracy_matplotlib(bottom.add_subplot(), points)
+    compared = bool(points) and isinstance(points[0], ComparePoint)
+    (draw_compare_matplotlib if compared else _time_accuracy_matplotlib)(bottom.add_subplot(), points)
     return fig
 
 
@@ -265,6 +273,8 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
     xrange, yrange = _chart_ranges(points)
     fig.update_xaxes(title_text="training time per epoch (s)", range=xrange, row=last, col=1)
     fig.update_yaxes(title_text=f"{metric} accuracy (%)", range=yrange, row=last, col=1)
+    if points and isinstance(points[0], ComparePoint):
+        decorate_compare_plotly(fig, points, row=last, col=1)
     fig.update_layout(title=dict(text=title.replace("\n", "<br>"), font=dict(size=13)), width=1100, height=1400,
                       barmode="overlay", margin=dict(t=165))
     return fig
@@ -280,6 +290,7 @@ def figure1(
     summary: str | Path | Mapping[str, Any] | None = None,
     demo_dir: str | Path = DEFAULT_DEMO_DIR,
     stem: str = "figure1",
+    compare: str | Path | None = None,
 ) -> list[Path]:
     """Write Fig. 1 as ``<stem>.png`` and ``<stem>.html``; returns the two paths.
 
@@ -293,6 +304,8 @@ def figure1(
             ``demo_dir`` when it exists, else each run's own summary).
         demo_dir: the demo folder for the defaults.
         stem: file name without extension.
+        compare: a ``tcpa-viz compare`` ``compare.csv``; the chart then shows every method in it (mean and std
+            over seeds). Default: ``<demo_dir>/compare.csv`` or ``<demo_dir>/compare/compare.csv`` when present.
     """
     ctx = figure_context(baseline, tcpa, data, demo_dir, index, choose=True)
     base, tc, dataset, index = ctx.baseline, ctx.tcpa, ctx.data, int(ctx.index or 0)
@@ -308,7 +321,8 @@ def figure1(
         (weights,) = attn.values()
         predicted = int(predict(loaded.model, images)[0])
         rows.append((_row_title(loaded, predicted, names), [token_attention(weights, layout, v.query) for v in views]))
-    points = timing_points(base, tc, _read_summary(summary, demo_dir))
+    compare = compare or find_compare_csv(demo_dir)
+    points = compare_points(compare) if compare else timing_points(base, tc, _read_summary(summary, demo_dir))
     label = int(labels_of(dataset)[index])
     label_name = names[label] if names and label < len(names) else str(label)
     block = layer % depth
