@@ -9,9 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from app.loading import CheckpointInfo, LoadedModel, default_choice, describe_checkpoint, discover_checkpoints
+from app.views import list_views
 from tcpa_core import TCPAError
 
-VIEWS = ("Prompt selection", "Attention", "Features (t-SNE)", "Rank", "Models")
 ADDED = "added_checkpoints"
 ADD_ERROR = "add_checkpoint_error"
 TCPA_KEY = "tcpa_checkpoint"
@@ -32,8 +32,11 @@ class ModelChoice:
 
 
 def view_picker() -> str:
-    """The page to draw."""
-    return st.radio("View", VIEWS, key="view")
+    """The name of the page to draw, among the registered views."""
+    views = {v.name: v.label for v in list_views()}
+    if st.session_state.get("view") not in views:
+        st.session_state["view"] = next(iter(views))
+    return st.radio("View", list(views), key="view", format_func=views.get)
 
 
 def _add_checkpoint() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -146,9 +145,7 @@ def weights_of(checkpoint_dir: Path) -> str:
 
 
 def app_module(name: str) -> ModuleType:
-    """Import a module of the ``app`` folder (it sits next to the installed packages, not inside them)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """Import a module of the installed ``app`` package."""
     return importlib.import_module(name)
 
 
@@ -173,23 +170,43 @@ def test_script_has_no_stray_strings() -> None:
     assert not stray, f"bare strings at lines {stray} of {DASHBOARD.name}"
 
 
+def test_sidebar_lists_the_view_registry(app: AppTest) -> None:
+    views = app_module("app.views")
+    names = [v.name for v in views.list_views()]
+    assert app.radio(key="view").options == [v.label for v in views.list_views()]
+    for name in names:
+        app.radio(key="view").set_value(name).run()
+        assert not app.exception, (name, [e.value for e in app.exception])
+        assert not app.error, (name, [e.value for e in app.error])
+    with pytest.raises(ValueError, match="registered twice"):
+        views.register_view(names[0], "again", order=0)(lambda ctx: None)
+
+
+def test_app_is_an_installed_package() -> None:
+    """``tcpa-viz app`` imports the dashboard as a package and the entry script edits no ``sys.path``."""
+    from tcpa_viz.cli import _dashboard_launcher
+
+    assert _dashboard_launcher() is app_module("app.launch").launch
+    assert "sys.path" not in DASHBOARD.read_text()
+
+
 def test_every_view_runs(app: AppTest) -> None:
-    app.radio(key="view").set_value("Attention").run()
+    app.radio(key="view").set_value("attention").run()
     app.toggle(key="att_3d").set_value(True).run()
     app.toggle(key="att_raw").set_value(True).run()
     app.selectbox(key="w_heads").set_value("1").run()
     app.radio(key="att_query").set_value("cls").run()
     assert not app.exception and not app.error
-    app.radio(key="view").set_value("Features (t-SNE)").run()
+    app.radio(key="view").set_value("features").run()
     app.number_input(key="tsne_count").set_value(30).run()
     app.button(key="tsne_run").click().run()
     assert not app.exception and not app.error
     assert len(app.dataframe) == 1
-    app.radio(key="view").set_value("Rank").run()
+    app.radio(key="view").set_value("rank").run()
     app.selectbox(key="rank_block").set_value("patches").run()
     app.selectbox(key="rank_measure").set_value("stable_rank").run()
     assert not app.exception and not app.error
-    app.radio(key="view").set_value("Models").run()
+    app.radio(key="view").set_value("models").run()
     assert not app.exception and not app.error
     table = app.dataframe[0].value
     assert "trainable parameters" in table.index and "test accuracy" in table.index
@@ -211,7 +228,7 @@ def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> N
     assert "Selected patch (3, 1) at layer 0" in texts(app)
     assert f"**{', '.join(map(str, expected_selection(demo_dir, 0, 3, 1, 0)))}**" in selection_line(app)
     assert len({before, after_layer, selection_line(app)}) == 3
-    app.radio(key="view").set_value("Attention").run()
+    app.radio(key="view").set_value("attention").run()
     assert app.slider(key="w_layer").value == 0
     assert "patch (3, 1)" in app.radio(key="att_query").options[0]
 
@@ -332,10 +349,10 @@ def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.Monkey
     for name in ("app.views.selection", "app.views.attention", "app.views.features", "app.views.rank"):
         monkeypatch.setattr(app_module(name), "export_bar", recording)
     app.run()
-    app.radio(key="view").set_value("Attention").run()
+    app.radio(key="view").set_value("attention").run()
     app.toggle(key="att_3d").set_value(True).run()
-    app.radio(key="view").set_value("Rank").run()
-    app.radio(key="view").set_value("Features (t-SNE)").run()
+    app.radio(key="view").set_value("rank").run()
+    app.radio(key="view").set_value("features").run()
     app.number_input(key="tsne_count").set_value(20).run()
     app.button(key="tsne_run").click().run()
     assert not app.exception

@@ -9,8 +9,8 @@ import streamlit as st
 from app import state
 from app.export import ExportFigure, export_bar
 from app.figures import mask_figure, mask_matplotlib
-from app.views import ViewContext
-from app.views.selection import CHART_CONFIG, layer_slider
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG, head_options, layer_slider, parse_heads
 from tcpa_viz import (
     default_surface_queries,
     plot_attention_heatmap_matplotlib,
@@ -23,17 +23,8 @@ from tcpa_viz import (
 )
 
 
-def head_options(num_heads: int) -> list[str]:
-    """Choices of the head selector: ``mean``, ``max`` and every head index."""
-    return ["mean", "max", *[str(h) for h in range(num_heads)]]
-
-
-def parse_heads(choice: str) -> str | int:
-    """Selector value -> the ``heads`` argument of tcpa_viz (``"mean"``, ``"max"`` or an int)."""
-    return choice if choice in ("mean", "max") else int(choice)
-
-
-def render(ctx: ViewContext) -> None:
+@register_view("attention", "Attention", order=20)
+def render(ctx: ImageContext) -> None:
     """Draw the attention page."""
     st.subheader("Attention")
     models = ctx.models()

@@ -8,8 +8,8 @@ import streamlit as st
 from app import state
 from app.export import ExportFigure, export_bar
 from app.loading import tsne
-from app.views import ViewContext
-from app.views.selection import CHART_CONFIG
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG
 from tcpa_viz import plot_tsne_matplotlib, plot_tsne_plotly
 
 REQUEST = "tsne_request"
@@ -23,7 +23,8 @@ METRICS = {
 }
 
 
-def render(ctx: ViewContext) -> None:
+@register_view("features", "Features (t-SNE)", order=30)
+def render(ctx: ImageContext) -> None:
     """Draw the t-SNE page (computed on request, then cached)."""
     st.subheader("Features: t-SNE of the pre-logits features")
     if ctx.dataset is None:
@@ -47,7 +48,7 @@ def render(ctx: ViewContext) -> None:
                    "2 CPU cores; results are cached).")
         return
     models = ctx.models()
-    names = ctx.tcpa.class_names
+    names = ctx.model.class_names
     figures: list[ExportFigure] = []
     rows = {}
     columns = st.columns(len(models))

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.loading import CheckpointInfo, LoadedModel, summary_test_accuracy
+from app.views.registry import PageContext, register_view
 
 POOL_FIELDS = ("cls_pool_size", "image_pool_size", "cls_topk", "image_topk", "prompt_length")
 TOKEN_METHODS = ("vpt-shallow", "vpt-deep", "vfpt")
@@ -59,8 +60,10 @@ def merged_order(columns: list[dict[str, Any]]) -> list[str]:
     return order
 
 
-def render(entries: list[tuple[str, CheckpointInfo, LoadedModel | None]], summary: dict[str, Any]) -> None:
-    """Draw the comparison of ``(role, info, loaded model or None)`` entries."""
+@register_view("models", "Models", order=50, needs_image=False)
+def render(ctx: PageContext) -> None:
+    """Draw the comparison of the chosen checkpoints."""
+    entries, summary = ctx.entries, ctx.summary
     st.subheader("Models")
     if not entries:
         st.info("No model chosen.")

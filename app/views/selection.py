@@ -24,7 +24,8 @@ from app.figures import (
     selection_table_matplotlib,
 )
 from app.loading import assignments_csv, batch_selection
-from app.views import ViewContext
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG, patch_picker
 from tcpa_viz import (
     plot_pool_usage_matplotlib,
     plot_pool_usage_plotly,
@@ -34,41 +35,14 @@ from tcpa_viz import (
     token_attention,
 )
 
-MAX_BUTTON_GRID = 16
-"""Largest grid side for which a button per patch is drawn (bigger grids: row/column inputs and clicks)."""
-CHART_CONFIG = {"displayModeBar": False}
 BATCH_KEY = "sel_batch"
 DEFAULT_BATCH = 32
 
 
-def patch_picker(grid_size: tuple[int, int], depth: int) -> None:
-    """Patch buttons (small grids), row/column inputs and the layer slider."""
-    h, w = grid_size
-    row, col = state.patch()
-    if max(h, w) <= MAX_BUTTON_GRID:
-        st.markdown("**Choose a patch**")
-        for r in range(h):
-            cells = st.columns(w, gap="xxsmall")
-            for c in range(w):
-                cells[c].button(f"{r},{c}", key=f"patch_{r}_{c}", on_click=state.select_patch, args=(r, c),
-                                type="primary" if (r, c) == (row, col) else "secondary", width="stretch")
-    left, right = st.columns(2)
-    left.number_input("Patch row", min_value=0, max_value=h - 1, step=1, **state.bound(state.PATCH_ROW))
-    right.number_input("Patch column", min_value=0, max_value=w - 1, step=1, **state.bound(state.PATCH_COL))
-    layer_slider(depth)
-
-
-def layer_slider(depth: int) -> None:
-    """The shared layer selector."""
-    if depth > 1:
-        st.slider("Layer", min_value=0, max_value=depth - 1, step=1, **state.bound(state.LAYER))
-    else:
-        st.caption("Layer 0 (the model has one block)")
-
-
-def render(ctx: ViewContext) -> None:
+@register_view("selection", "Prompt selection", order=10)
+def render(ctx: ImageContext) -> None:
     """Draw the prompt-selection page."""
-    lm, cap, image = ctx.tcpa, ctx.tcpa_capture, ctx.image
+    lm, cap, image = ctx.model, ctx.tcpa_capture, ctx.image
     layout = cap.layout
     h, w = layout.grid_size
     row, col = state.patch()
@@ -164,12 +138,12 @@ def render(ctx: ViewContext) -> None:
     })
 
 
-def pool_usage_panel(ctx: ViewContext, figures: list[ExportFigure]) -> None:
+def pool_usage_panel(ctx: ImageContext, figures: list[ExportFigure]) -> None:
     """Pool usage of the TCPA model over the first N test images, with entropy and diversity numbers."""
     if ctx.dataset is None:
         st.info("Pool usage needs the test set, which could not be opened.")
         return
-    lm = ctx.tcpa
+    lm = ctx.model
     total = len(ctx.dataset)
     count = st.number_input("Images for pool usage", min_value=1, max_value=total, step=8,
                             key=state.default(BATCH_KEY, min(DEFAULT_BATCH, total), 1, total), persist_state="page")
@@ -193,12 +167,12 @@ def pool_usage_panel(ctx: ViewContext, figures: list[ExportFigure]) -> None:
     st.dataframe(frame.round(3), width="stretch")
 
 
-def batch_csv(ctx: ViewContext) -> dict[str, tuple[str, Callable[[], bytes]]]:
+def batch_csv(ctx: ImageContext) -> dict[str, tuple[str, Callable[[], bytes]]]:
     """The CSV export of the batch assignments (when a batch was computed in this run)."""
-    if ctx.dataset is None or not ctx.tcpa.has_selection:
+    if ctx.dataset is None or not ctx.model.has_selection:
         return {}
     count = int(st.session_state.get(BATCH_KEY, min(DEFAULT_BATCH, len(ctx.dataset))))
-    lm, dataset, data_key = ctx.tcpa, ctx.dataset, ctx.data_key
+    lm, dataset, data_key = ctx.model, ctx.dataset, ctx.data_key
 
     def build() -> bytes:
         batch = batch_selection(lm.key, data_key, count, lm, dataset)
