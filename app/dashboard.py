@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 # Streamlit renders bare string expressions of this script ("magic"), so notes here are comments.
 THREADS_ENV = "TCPA_VIZ_THREADS"  # torch threads of the dashboard process (default 1)
+UPLOAD_ERROR = "upload_error"  # message of the last rejected upload, shown once after the uploader is cleared
+HIDE_CHROME = "<style>[data-testid='stAppDeployButton'] {display: none;}</style>"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -115,12 +117,16 @@ def current_image(tcpa: LoadedModel, dataset: Dataset | None, data_key: str) -> 
 
     with st.sidebar:
         source, index, upload = sidebar.image_source(len(dataset) if dataset is not None else None)
+    if st.session_state.get(UPLOAD_ERROR):
+        st.error(st.session_state.pop(UPLOAD_ERROR))
     if source == "upload" and upload is not None:
         data = upload.getvalue()
         image, error = attempt(f"Cannot use the uploaded file {upload.name!r}", loading.upload_image,
                                loading.upload_digest(data), upload.name, tcpa.data_key, data)
         if error:
-            st.error(error + (" Showing a test image instead." if dataset is not None else ""))
+            st.session_state[UPLOAD_ERROR] = error + (" Showing a test image instead." if dataset is not None else "")
+            st.session_state[sidebar.UPLOAD_GEN] = st.session_state.get(sidebar.UPLOAD_GEN, 0) + 1
+            st.rerun()
         else:
             if image.notes:
                 st.warning(f"{upload.name}: " + "; ".join(image.notes) + ".")
@@ -143,6 +149,7 @@ def main() -> None:
     from app.views import ImageContext, PageContext, get_view
 
     st.set_page_config(page_title="tcpa-viz dashboard", layout="wide")
+    st.html(HIDE_CHROME)
     limit_threads()
     args = script_args()
     demo_dir = loading.resolve_demo_dir(args.demo_dir)

@@ -7,7 +7,14 @@
 modified after creation; small picklable results use ``st.cache_data``.
 """
 
-from app.loading.analysis import assignments_csv, dataset_features, rank_aggregate, tsne
+from app.loading.analysis import (
+    assignments_csv,
+    dataset_features,
+    dataset_labels,
+    rank_aggregate,
+    stratified_indices,
+    tsne,
+)
 from app.loading.captures import BatchSelection, ImageCapture, batch_selection, batches, capture_image
 from app.loading.checkpoints import (
     CHECKPOINTS_ENV,
@@ -36,7 +43,8 @@ from app.loading.models import LoadedModel, backbone_mismatch, load_model, model
 __all__ = [
     "CHECKPOINTS_ENV", "DEMO_DIR_ENV", "BatchSelection", "CheckpointInfo", "ImageCapture", "LoadedModel",
     "PreparedImage", "assignments_csv", "backbone_mismatch", "batch_selection", "batches", "capture_image",
-    "checkpoint_info", "dataset_features", "dataset_image", "dataset_spec", "default_choice", "demo_summary",
+    "checkpoint_info", "dataset_features", "dataset_labels",
+    "stratified_indices", "dataset_image", "dataset_spec", "default_choice", "demo_summary",
     "describe_checkpoint", "discover_checkpoints", "extra_checkpoint_paths", "load_model", "model_data_config",
     "open_dataset", "parameter_counts", "rank_aggregate", "resolve_demo_dir", "summary_test_accuracy", "to_display",
     "tsne", "upload_digest", "upload_image",

@@ -79,6 +79,8 @@ class BatchSelection:
     image_assign: dict[int, torch.Tensor]
     count: int
     stats: list[dict[str, Any]]
+    labels: list[int]
+    predictions: list[int]
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
@@ -90,9 +92,13 @@ def batch_selection(model_key: str, data_key: str, count: int, _loaded: LoadedMo
     cls: dict[int, list[torch.Tensor]] = {}
     img: dict[int, list[torch.Tensor]] = {}
     layout = None
-    for images, _ in batches(_dataset, count):
+    labels: list[int] = []
+    predictions: list[int] = []
+    for images, targets in batches(_dataset, count):
         with _loaded.lock, torch.no_grad(), capture(model, names=("cls_assign", "image_assign")) as cache:
-            model(images)
+            logits = model(images)
+        labels += targets.tolist()
+        predictions += logits.argmax(-1).tolist()
         layout = cache.layout
         for layer in cache.layers("cls_assign"):
             cls.setdefault(layer, []).append(cache["cls_assign", layer])
@@ -102,4 +108,5 @@ def batch_selection(model_key: str, data_key: str, count: int, _loaded: LoadedMo
     image_assign = {l: torch.cat(v) for l, v in img.items()}
     stats = selection_stats(cls_assign or None, image_assign or None, *pool_sizes(layout))
     return BatchSelection(layout=layout, cls_assign=cls_assign, image_assign=image_assign,
-                          count=min(count, len(_dataset)), stats=stats)
+                          count=min(count, len(_dataset)), stats=stats, labels=labels,
+                          predictions=predictions)

@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from tcpa_core import CheckpointError
+from tcpa_core import CheckpointError, PromptConfig, TCPAError
 from tcpa_core.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_files, read_checkpoint_meta
 
 DEMO_DIR_ENV = "TCPA_VIZ_DEMO_DIR"
@@ -34,6 +34,8 @@ class CheckpointInfo:
     backbone: str
     fingerprint: str
     mtime: float
+    tcpa_family: bool = False
+    """True for the TCPA family (prompt pools: TCPA, R-TCPA and their combinations), the TCPA picker's list."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -67,6 +69,14 @@ def _weights_for(path: Path) -> Path:
     return checkpoint_files(path)[0]
 
 
+def _tcpa_family(prompt_config: dict[str, Any]) -> bool:
+    """Whether the recorded prompt config is of the TCPA family (it has prompt pools)."""
+    try:
+        return PromptConfig.from_dict(prompt_config).uses_pools
+    except (TCPAError, TypeError, ValueError):
+        return False
+
+
 def checkpoint_info(weights: Path, label: str) -> CheckpointInfo:
     """The header of the checkpoint whose weights file is ``weights``, listed as ``label``."""
     meta = read_checkpoint_meta(weights)
@@ -78,6 +88,7 @@ def checkpoint_info(weights: Path, label: str) -> CheckpointInfo:
         backbone=str(backbone.get("name", "?")),
         fingerprint=str(backbone.get("fingerprint", "")),
         mtime=weights.stat().st_mtime,
+        tcpa_family=_tcpa_family(meta.get("prompt_config") or {}),
         meta=meta,
     )
 
@@ -127,7 +138,7 @@ def default_choice(infos: Sequence[CheckpointInfo], tcpa: bool) -> int | None:
     baseline VPT-deep is preferred."""
     ranked = []
     for i, info in enumerate(infos):
-        if (info.method == "tcpa") != tcpa:
+        if info.tcpa_family != tcpa:
             continue
         ranked.append((not info.label.endswith("best"), info.method != "vpt-deep", i))
     return min(ranked)[2] if ranked else None

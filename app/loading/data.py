@@ -81,7 +81,9 @@ def upload_image(digest: str, name: str, config_json: str, _data: bytes) -> Prep
         notes.append(f"converted the {mode} image to RGB{extra}")
     height, width = cfg["input_size"][1:]
     if size is not None and tuple(size) != (width, height):
-        notes.append(f"resized from {size[0]}x{size[1]} to the model's {width}x{height} input")
+        change = (f"aspect ratio {size[0] / size[1]:.2f} -> {width / height:.2f}, the image is stretched"
+                  if abs(size[0] * height - size[1] * width) > 0 else "aspect ratio kept")
+        notes.append(f"resized from {size[0]}x{size[1]} to the model's {width}x{height} input ({change})")
     tensor = build_transforms(cfg, train=False)(image)
     return PreparedImage(key=f"upload:{digest}:{config_json}", tensor=tensor.unsqueeze(0),
                          display=to_display(tensor, cfg), label=None, name=name, notes=tuple(notes))
