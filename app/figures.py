@@ -438,12 +438,12 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
     finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
     zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[n for n, _, _ in panels], horizontal_spacing=0.08)
-    for i, ((_, matrix, layout), z) in enumerate(zip(panels, values, strict=True), start=1):
+    for i, ((_, _, layout), z) in enumerate(zip(panels, values, strict=True), start=1):
         keys, queries = key_labels(layout), query_labels(layout)
         fig.add_trace(go.Heatmap(
-            z=z, colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=i == len(panels),
-            customdata=np.asarray(matrix, dtype=np.float64), x=keys, y=queries,
-            hovertemplate="query %{y}<br>key %{x}<br>weight %{customdata:.4g}<extra></extra>",
+            z=z.astype(np.float32), colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=i == len(panels), x=keys,
+            y=queries, hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 weight %{z:.3f}" if log else
+                                                                      "weight %{z:.4g}") + "<extra></extra>",
             colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
         ), 1, i)
         prefix, prompts = layout.num_prefix, layout.num_prompt_keys

@@ -252,7 +252,7 @@ def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> N
     assert len({before, after_layer, selection_line(app)}) == 3
     app.radio(key="view").set_value("attention").run()
     assert app.slider(key="w_layer").value == 0
-    assert "patch (3, 1)" in app.radio(key="att_query").options[0]
+    assert "Attention of patch (3, 1) at layer 0" in texts(app)
 
 
 def test_choosing_another_test_image(app: AppTest) -> None:

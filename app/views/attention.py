@@ -65,7 +65,7 @@ def body(ctx: ImageContext) -> None:
         layer_slider(depth)
     heads_choice = top[1].selectbox("Heads", options, format_func=head_text, **state.bound(state.HEADS))
     query_choice = top[2].radio("Query token", ["patch", "cls"], horizontal=True, key="att_query", persist_state="page",
-                                format_func=lambda q: f"patch ({row}, {col})" if q == "patch" else "CLS")
+                                format_func=lambda q: "selected patch" if q == "patch" else "CLS")
     with top[3]:
         raw = st.toggle("Before the mask", key="att_raw", persist_state="page",
                         help="TCPA: the attention softmax before the mask removes the unselected prompts")
@@ -93,6 +93,8 @@ def body(ctx: ImageContext) -> None:
     box = query if isinstance(query, tuple) else None
     query_name = f"patch ({row}, {col})" if box else "CLS"
     title = f"attention of {query_name} to the patches ({tag}); click a patch to choose it"
+    st.markdown(f"**Attention of {query_name} at layer {layer}, {head_text(heads_choice)}**"
+                + (" (before the mask)" if raw else ""))
     fig = overlay_compare_figure(image.display, grids, box, smooth, title)
     st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, w, OVERLAY_CHART),
                     selection_mode="points", config=CHART_CONFIG)
