@@ -5,7 +5,9 @@ from .capture import ActivationCache, capture
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, PromptConfig
 from .errors import (
+    BackboneArgumentError,
     BackboneMismatchError,
+    CaptureError,
     CheckpointError,
     DatasetError,
     EmptyDatasetError,
@@ -17,13 +19,17 @@ from .errors import (
     TrainingError,
     UnsupportedModelError,
 )
+from .intervene import intervene
 from .layout import TokenLayout
+from .methods import PromptMethod, get_method, list_methods, register_method
 from .model import PromptedViT, build_model
 from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
-    "METHODS", "PromptConfig", "PromptedViT", "build_model", "capture", "ActivationCache", "TokenLayout",
-    "BackboneMismatchError", "CheckpointError", "DatasetError", "EmptyDatasetError", "ImageFormatError",
-    "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError", "TrainingError", "UnsupportedModelError",
+    "METHODS", "PromptConfig", "PromptMethod", "get_method", "list_methods", "register_method", "PromptedViT",
+    "build_model", "capture", "intervene", "ActivationCache", "TokenLayout",
+    "BackboneArgumentError", "BackboneMismatchError", "CaptureError", "CheckpointError", "DatasetError",
+    "EmptyDatasetError", "ImageFormatError", "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError",
+    "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
 ]

@@ -16,9 +16,14 @@ Two exact ways of computing it:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .hooks import BlockHooks
 
 
 def _heads(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,17 +54,30 @@ def expand_mask(allowed: torch.Tensor, num_prefix: int, num_patches: int) -> tor
 
 
 def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None,
+    hooks: BlockHooks | None = None, key_present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention with explicit matrices.
 
     Args:
         q: [B, H, Q, hd]; k, v: [B, H, K, hd]; mask: [B, Q, K] bool (same for every head) or None.
+        hooks: the block's hook points; ``attn_raw``, ``mask`` and ``attn`` run here, before their value is
+            used (the value the ``attn`` hook returns is the one multiplied with ``v``).
+        key_present: [K] bool; False keys are left out of the softmax (removed prompts).
     Returns:
         output [B, H, Q, hd], attention before the mask [B, H, Q, K], attention after the mask.
     """
-    raw = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if key_present is not None:
+        logits = logits.masked_fill(~key_present, float("-inf"))
+    raw = logits.softmax(dim=-1)
+    if hooks is not None:
+        raw = hooks.attn_raw(raw)
+        if mask is not None:
+            mask = hooks.mask(mask)
     masked = raw if mask is None else raw * mask.unsqueeze(1).to(raw.dtype)
+    if hooks is not None:
+        masked = hooks.attn(masked)
     return masked @ v, raw, masked
 
 
@@ -71,6 +89,7 @@ def fused_masked_attention(
     prompt_v: torch.Tensor,
     allowed: torch.Tensor,
     scale: float,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(A * M) v`` through ``scaled_dot_product_attention`` (see the module docstring).
 
@@ -78,6 +97,7 @@ def fused_masked_attention(
         q, k, v: [B, H, N, hd] of the tokens (prefix + patches).
         prompt_k, prompt_v: [B, H, P, hd] of the prompts.
         allowed: [B or 1, N, P] bool, True where query row ``n`` selected prompt column ``p``.
+        present: [P] bool or None; False prompt columns are left out of the softmax (removed prompts).
     Returns:
         [B, H, N, hd]
     """
@@ -85,8 +105,11 @@ def fused_masked_attention(
     keys = torch.cat([k, prompt_k, prompt_k], dim=2)
     values = torch.cat([v, prompt_v, torch.zeros_like(prompt_v)], dim=2)
     allowed = allowed.expand(b, n, -1)
+    visible = torch.cat([allowed, ~allowed], dim=-1)
+    if present is not None:
+        visible = visible & present.repeat(2)
     prompt_bias = torch.zeros(b, n, 2 * allowed.shape[-1], dtype=q.dtype, device=q.device)
-    prompt_bias.masked_fill_(~torch.cat([allowed, ~allowed], dim=-1), float("-inf"))
+    prompt_bias.masked_fill_(~visible, float("-inf"))
     bias = torch.cat([prompt_bias.new_zeros(b, n, n), prompt_bias], dim=-1).unsqueeze(1)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
 
@@ -108,6 +131,8 @@ def block_explicit(
     num_prefix: int,
     prompts: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
+    hooks: BlockHooks | None = None,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One timm ``Block`` with explicit attention matrices.
 
@@ -115,6 +140,8 @@ def block_explicit(
         x: [B, N, D] block input; every row is a query.
         prompts: [B or 1, P, D] key/value-only prompt tokens inserted after the ``num_prefix`` first keys.
         allowed: [B or 1, N, P] bool prompt-column selection (None: every prompt visible).
+        hooks: the block's hook points (``attn_raw``, ``mask``, ``attn`` run before their value is used).
+        present: [P] bool or None; False prompt columns are left out of the softmax.
     Returns:
         block output [B, N, D], attention before and after the mask [B, H, N, K], mask [B, N, K] or None.
     """
@@ -122,6 +149,7 @@ def block_explicit(
     h = block.norm1(x)
     q, k, v = project_qkv(attn, h)
     mask = None
+    key_present = None
     if prompts is not None:
         pk, pv = project_kv(attn, block.norm1(prompts))
         pk, pv = pk.expand(x.shape[0], -1, -1, -1), pv.expand(x.shape[0], -1, -1, -1)
@@ -130,17 +158,48 @@ def block_explicit(
         if allowed is not None:
             allowed = allowed.expand(x.shape[0], x.shape[1], -1)
             mask = expand_mask(allowed, num_prefix, x.shape[1] - num_prefix)
-    out, raw, masked = explicit_attention(q, k, v, attn.scale, mask)
+        if present is not None:
+            ones = present.new_ones
+            key_present = torch.cat([ones(num_prefix), present, ones(x.shape[1] - num_prefix)])
+    out, raw, masked = explicit_attention(q, k, v, attn.scale, mask, hooks, key_present)
     return _finish_block(block, x, h, out), raw, masked, mask
 
 
+def sequence_block_explicit(
+    block: nn.Module, x: torch.Tensor, num_prefix: int, num_prompts: int, hooks: BlockHooks
+) -> torch.Tensor:
+    """One timm ``Block`` on a full sequence ``[prefix | prompts | patches]`` (``num_prompts`` prompt rows,
+    which are queries too, as in VPT) with explicit attention.
+
+    The hook points see the rows of the prefix and patch queries (``[B, H, Q, K]``, keys = the whole
+    sequence; the mask is all True) and what ``attn`` returns is used for those rows; the prompt rows keep
+    their own attention. Returns the block output ``[B, S, D]``.
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    q, k, v = project_qkv(attn, h)
+    full = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    n, p = num_prefix, num_prompts
+    rows = torch.cat([full[:, :, :n], full[:, :, n + p:]], dim=2) if p else full
+    rows = hooks.attn_raw(rows)
+    mask = hooks.mask(torch.ones(rows.shape[0], *rows.shape[2:], dtype=torch.bool, device=rows.device))
+    rows = hooks.attn(rows * mask.unsqueeze(1).to(rows.dtype))
+    if p:
+        full = torch.cat([rows[:, :, :n], full[:, :, n:n + p], rows[:, :, n:]], dim=2)
+    else:
+        full = rows
+    return _finish_block(block, x, h, full @ v)
+
+
 def block_fused(
-    block: nn.Module, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None
+    block: nn.Module, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One timm ``Block`` with key/value-only prompts through fused attention (no matrices kept).
 
     Args:
         x: [B, N, D]; prompts: [B or 1, P, D]; allowed: [B or 1, N, P] bool, or None (all prompts visible).
+        present: [P] bool or None (only with ``allowed``); False prompt columns are left out of the softmax.
     Returns:
         [B, N, D]
     """
@@ -152,5 +211,5 @@ def block_fused(
     if allowed is None:
         out = F.scaled_dot_product_attention(q, torch.cat([k, pk], 2), torch.cat([v, pv], 2), scale=attn.scale)
     else:
-        out = fused_masked_attention(q, k, v, pk, pv, allowed, attn.scale)
+        out = fused_masked_attention(q, k, v, pk, pv, allowed, attn.scale, present)
     return _finish_block(block, x, h, out)

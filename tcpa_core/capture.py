@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import numbers
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
-from .hooks import BlockHooks, HookPoint
+from .errors import CaptureError, UnsupportedModelError
+from .hooks import BLOCK_HOOKS, MODEL_HOOKS, BlockHooks, HookPoint
 from .layout import TokenLayout
 
-PER_LAYER = BlockHooks.NAMES
+#: Every per-block name ``capture`` can record (see :data:`tcpa_core.hooks.BLOCK_HOOKS` for shapes).
+PER_LAYER: tuple[str, ...] = tuple(BLOCK_HOOKS)
+#: Names recorded when ``names`` is not given (as before the residual stream and similarities were added;
+#: ``resid_pre``, ``cls_sim``, ``sim``, ``prompt_columns`` and ``prompts`` are recorded when asked for).
+DEFAULT_NAMES: tuple[str, ...] = ("attn", "attn_raw", "mask", "cls_assign", "image_assign", "features")
+ALL_NAMES: tuple[str, ...] = (*PER_LAYER, *MODEL_HOOKS)
 
 
 class ActivationCache:
     """What one forward pass recorded. Keys and shapes::
 
-        cache["attn", l]          [B, H, Q, K]  attention after the TCPA mask (Q = prefix + patches,
-                                                K = prefix + prompts + patches, see ``cache.layout``)
-        cache["attn_raw", l]      [B, H, Q, K]  attention before the mask
-        cache["mask", l]          [B, Q, K]     bool
-        cache["cls_assign", l]    [B, Kc]       selected CLS-pool entries (TCPA only)
-        cache["image_assign", l]  [B, Np, Ki]   selected image-pool entries per patch (TCPA only)
-        cache["features"]         [B, D]        pre-logits features
+        cache["attn", l]           [B, H, Q, K]  attention after the TCPA mask (Q = prefix + patches,
+                                                 K = prefix + prompts + patches, see ``cache.layout``)
+        cache["attn_raw", l]       [B, H, Q, K]  attention before the mask
+        cache["mask", l]           [B, Q, K]     bool
+        cache["cls_assign", l]     [B, Kc]       selected CLS-pool entries (token matching only)
+        cache["image_assign", l]   [B, Np, Ki]   selected image-pool entries per patch (token matching only)
+        cache["features"]          [B, D]        pre-logits features
+      recorded only when named in ``capture(names=...)``:
+        cache["resid_pre", l]      [B, prefix+Np, D]  block input (VPT-shallow: [B, prefix+P+Np, D])
+        cache["cls_sim", l]        [B, 1, Nc]    CLS token x CLS-pool keys cosine similarity
+        cache["sim", l]            [B, Np, Ni]   patch tokens x image-pool keys cosine similarity
+        cache["prompt_columns", l] [B or 1, Q, P] bool prompt key columns each query sees
+        cache["prompts", l]        [B or 1, P, D] prompt sequence of the block
 
     ``l`` may be negative (``-1`` = last block). A later forward inside the same ``capture`` overwrites.
     """
@@ -46,8 +60,8 @@ class ActivationCache:
         if resolved not in self._store:
             have = sorted({k[0] if isinstance(k, tuple) else k for k in self._store})
             raise KeyError(
-                f"{key!r} was not recorded; recorded names: {have}. Assignments exist only for method 'tcpa'; "
-                "check the layers=/names= arguments of capture()."
+                f"{key!r} was not recorded; recorded names: {have}. Assignments and similarities exist only for "
+                "methods with token matching; check the layers=/names= arguments of capture()."
             )
         return self._store[resolved]
 
@@ -76,36 +90,128 @@ class ActivationCache:
         self.layout = None
 
 
+def prompted_model(model: Any, caller: str) -> Any:
+    """``model`` itself (or the module inside a DDP wrapper) when it is a ``PromptedViT``, else
+    ``UnsupportedModelError`` naming ``caller``."""
+    from .model import PromptedViT
+
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, PromptedViT):
+        raise UnsupportedModelError(
+            f"{caller} needs a PromptedViT (from tcpa_core.build_model or load_checkpoint), got "
+            f"{type(model).__name__}; wrap a timm ViT with build_model(vit, PromptConfig(method='none')) first."
+        )
+    return inner
+
+
+def check_layers(layers: Any, depth: int, what: str = "layers", error: type[Exception] = CaptureError
+                 ) -> list[int]:
+    """Block indices in ``[0, depth)`` from an int or an iterable of ints (negative count from the end)."""
+    if isinstance(layers, str | bytes) or isinstance(layers, bool):
+        raise error(f"{what} must be a block index or a list of them (e.g. [0, -1]), got {layers!r}.")
+    items = [layers] if isinstance(layers, numbers.Integral) else None
+    if items is None:
+        if isinstance(layers, torch.Tensor):
+            layers = layers.tolist()
+        try:
+            items = list(layers)
+        except TypeError:
+            raise error(
+                f"{what} must be a block index or an iterable of them (e.g. [0, -1]), got {type(layers).__name__}."
+            ) from None
+    chosen = []
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise error(f"{what} must hold integer block indices, got {type(layer).__name__} {layer!r}.")
+        if not -depth <= layer < depth:
+            raise error(
+                f"layer {int(layer)} is out of range for a model with {depth} blocks; use 0..{depth - 1} "
+                f"or -{depth}..-1."
+            )
+        chosen.append(int(layer) % depth)
+    return sorted(set(chosen))
+
+
+def _check_names(names: Any) -> set[str]:
+    if names is None:
+        return set(DEFAULT_NAMES)
+    items = [names] if isinstance(names, str) else None
+    if items is None:
+        try:
+            items = list(names)
+        except TypeError:
+            raise CaptureError(
+                f"names must be a name or an iterable of names such as ['attn', 'mask'], got {type(names).__name__}."
+            ) from None
+    bad = [n for n in items if not isinstance(n, str)]
+    if bad:
+        raise CaptureError(f"names must be strings, got {bad[:3]!r}; choose from {list(ALL_NAMES)}.")
+    unknown = sorted(set(items) - set(ALL_NAMES))
+    if unknown:
+        raise CaptureError(f"unknown capture names {unknown}; choose from {list(ALL_NAMES)}.")
+    return set(items)
+
+
+def _check_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CaptureError(
+            f"dtype is the storage dtype of recorded floating tensors and must be a floating torch dtype "
+            f"(torch.float16, torch.bfloat16, torch.float32, torch.float64), got {dtype!r}."
+        )
+    return dtype
+
+
+def _check_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    if not isinstance(device, str | torch.device):
+        raise CaptureError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}.")
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as err:
+        raise CaptureError(
+            f"cannot store recorded tensors on device {str(device)!r} ({str(err).splitlines()[0]}); use 'cpu' "
+            "or a device this machine has."
+        ) from None
+    return resolved
+
+
 @contextmanager
 def capture(
     model: torch.nn.Module,
-    layers: Iterable[int] | None = None,
-    names: Iterable[str] | None = None,
+    layers: Iterable[int] | int | None = None,
+    names: Iterable[str] | str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> Iterator[ActivationCache]:
     """Record what a ``PromptedViT`` computes while the ``with`` block runs; hooks are removed on exit.
 
     Args:
-        model: a ``PromptedViT``.
-        layers: block indices to record (negative allowed); default all. Fewer layers bound memory.
-        names: subset of ``attn``, ``attn_raw``, ``mask``, ``cls_assign``, ``image_assign``, ``features``.
-        dtype: storage dtype for floating tensors (e.g. ``torch.float16`` halves the memory).
+        model: a ``PromptedViT`` (or a DDP wrapper of one).
+        layers: a block index or an iterable of them (negative allowed, numpy ints too); default all.
+            Fewer layers bound memory.
+        names: a name or an iterable of names from ``ALL_NAMES``; default ``DEFAULT_NAMES`` (attention,
+            attention before the mask, mask, assignments, features).
+        dtype: storage dtype for floating tensors (a floating torch dtype; e.g. ``torch.float16`` halves the
+            memory); integer and bool tensors keep theirs.
         device: where recorded tensors are stored (default: where they were computed).
+
+    Raises:
+        UnsupportedModelError: ``model`` is not a PromptedViT.
+        CaptureError: bad layers, names, dtype or device (checked before anything is hooked).
     """
-    hooks: list[BlockHooks] = list(model.hooks)
+    inner = prompted_model(model, "capture")
+    hooks: list[BlockHooks] = list(inner.hooks)
     depth = len(hooks)
-    wanted = set(names) if names is not None else {*PER_LAYER, "features"}
-    unknown = wanted - {*PER_LAYER, "features"}
-    if unknown:
-        raise ValueError(f"unknown capture names {sorted(unknown)}; choose from {[*PER_LAYER, 'features']}")
-    chosen = sorted({layer % depth for layer in layers}) if layers is not None else list(range(depth))
-    for layer in layers or ():
-        if not -depth <= layer < depth:
-            raise ValueError(f"layer {layer} is out of range for a model with {depth} blocks")
+    wanted = _check_names(names)
+    chosen = check_layers(layers, depth) if layers is not None else list(range(depth))
+    dtype, device = _check_dtype(dtype), _check_device(device)
     cache = ActivationCache(depth)
 
-    def store(key: str | tuple[str, int]):
+    def store(key: str | tuple[str, int]) -> Callable[[HookPoint, Any, torch.Tensor], None]:
         def hook(_module: HookPoint, _args: Any, output: torch.Tensor) -> None:
             value = output.detach()
             if device is not None:
@@ -118,14 +224,14 @@ def capture(
     def store_layout(_module: HookPoint, _args: Any, output: TokenLayout) -> None:
         cache.layout = output
 
-    handles = [model.hook_layout.register_forward_hook(store_layout)]
+    handles = [inner.hook_layout.register_forward_hook(store_layout)]
     try:
         if "features" in wanted:
-            handles.append(model.hook_features.register_forward_hook(store("features")))
+            handles.append(inner.hook_features.register_forward_hook(store("features")))
         for layer in chosen:
             for name in PER_LAYER:
                 if name in wanted:
-                    handles.append(getattr(hooks[layer], name).register_forward_hook(store((name, layer))))
+                    handles.append(hooks[layer].point(name).register_forward_hook(store((name, layer))))
         yield cache
     finally:
         for handle in handles:

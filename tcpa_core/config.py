@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+import difflib
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import PromptConfigError
+from .methods import PromptMethod, get_method, list_methods
 
-Method = Literal["none", "vpt-shallow", "vpt-deep", "vfpt", "vp", "tcpa", "r-tcpa"]
-METHODS: tuple[str, ...] = ("none", "vpt-shallow", "vpt-deep", "vfpt", "vp", "tcpa", "r-tcpa")
+Method = str
+#: Every built-in method, in registry order (``list_methods()`` also lists methods registered later).
+METHODS: tuple[str, ...] = tuple(list_methods())
 INPUT_PROMPTS: tuple[str | None, ...] = (None, "pad", "conv")
+
+_INT_FIELDS: dict[str, int] = {  # field -> smallest value any method accepts (methods check their own minimum)
+    "cls_pool_size": 0, "image_pool_size": 0, "cls_topk": 0, "image_topk": 0, "prompt_length": 1,
+    "num_prompts": 0,
+}
+
+
+def _field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(PromptConfig))
 
 
 @dataclass
 class PromptConfig:
     """Configuration of the prompts added to a frozen timm VisionTransformer.
 
-    Methods:
+    Methods (the registry in :mod:`tcpa_core.methods`; ``list_methods()`` lists them):
         ``none``        linear probe: no prompts, only the head is trained.
         ``vpt-shallow`` ``num_prompts`` prompts inserted after the embedding, carried through all blocks.
         ``vpt-deep``    ``num_prompts`` fresh prompts per block, outputs discarded after each block.
@@ -26,10 +40,13 @@ class PromptConfig:
         ``tcpa``        Token Coordinated Prompt Attention: per-block CLS and image prompt pools,
                         each token attends only to the prompts it selects (top-k cosine to keys).
         ``r-tcpa``      TCPA without token matching: CLS sees all CLS prompts, patches all image prompts.
+        ``vfpt+tcpa``   TCPA with Fourier prompts; the same as ``tcpa`` with ``fourier=True``.
+        ``vp+tcpa``     TCPA with the padding prompt; the same as ``tcpa`` with ``input_prompt="pad"``.
 
-    ``fourier=True`` with ``tcpa``/``r-tcpa`` gives VFPT+TCPA (FFT over the whole concatenated prompt
-    sequence); ``input_prompt="pad"`` with ``tcpa`` gives VP+TCPA.
-    Defaults of the pool sizes follow the authors' scripts (18/18, top-10/10, length 1).
+    ``spec`` is the method as resolved (``tcpa`` with ``fourier=True`` -> ``vfpt+tcpa``, with an input prompt
+    -> ``vp+tcpa``), ``display_name`` its name for figures. Defaults of the pool sizes follow the authors'
+    scripts (18/18, top-10/10, length 1). Every field is type- and range-checked when the config is created
+    (``PromptConfigError`` says what to change); unknown keyword arguments are refused the same way.
     """
 
     method: Method = "tcpa"
@@ -45,57 +62,98 @@ class PromptConfig:
     prompt_dropout: float = 0.1
     pad_size: int | None = None
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> PromptConfig:
+        names = _field_names()
+        if len(args) > len(names):
+            raise PromptConfigError(
+                f"PromptConfig takes at most {len(names)} positional arguments, got {len(args)}; pass fields "
+                "by name, e.g. PromptConfig(method='tcpa', cls_pool_size=18)."
+            )
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, 1))
+                     else repr(k) for k in unknown]
+            raise PromptConfigError(
+                f"PromptConfig has no field {', '.join(hints)}; the fields are {', '.join(names)}."
+            )
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         self.validate()
 
+    # ------------------------------------------------------------------------------- method
+    @property
+    def spec(self) -> PromptMethod:
+        """The registered method this config describes (resolved: ``tcpa`` + ``fourier`` -> ``vfpt+tcpa``)."""
+        return get_method(self.method).resolve(self)
+
+    @property
+    def display_name(self) -> str:
+        """Name of the method for figures and tables (``"VPT-deep"``, ``"VFPT+TCPA"`` ...)."""
+        return self.spec.display_name
+
     @property
     def uses_pools(self) -> bool:
-        return self.method in ("tcpa", "r-tcpa")
+        return self.spec.has_pools
 
     @property
     def uses_token_matching(self) -> bool:
-        return self.method == "tcpa"
+        return self.spec.token_matching
 
     @property
     def resolved_input_prompt(self) -> str | None:
-        if self.method == "vp" and self.input_prompt is None:
-            return "pad"
-        return self.input_prompt
+        return self.spec.input_prompt(self)
 
+    # ------------------------------------------------------------------------------- validation
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise PromptConfigError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if self.input_prompt not in INPUT_PROMPTS:
+        """Check the type and range of every field, then the method's own rules; ``PromptConfigError``."""
+        spec = get_method(self.method)
+        for name, low in _INT_FIELDS.items():
+            setattr(self, name, _check_int(name, getattr(self, name), low))
+        if self.pad_size is not None:
+            self.pad_size = _check_int("pad_size", self.pad_size, 1, none_hint=" or None (automatic)")
+        if not isinstance(self.fourier, bool):
+            raise PromptConfigError(f"fourier must be True or False, got {type(self.fourier).__name__} "
+                                    f"{self.fourier!r}.")
+        if self.input_prompt not in INPUT_PROMPTS or not isinstance(self.input_prompt, str | None):
             raise PromptConfigError(
                 f"Unknown input_prompt {self.input_prompt!r}; choose None, 'pad' or 'conv'."
             )
-        if self.prompt_length < 1:
-            raise PromptConfigError(f"prompt_length must be >= 1, got {self.prompt_length}.")
+        self.prompt_dropout = _check_float("prompt_dropout", self.prompt_dropout)
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise PromptConfigError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}.")
-        if self.method in ("vpt-shallow", "vpt-deep", "vfpt") and self.num_prompts < 1:
-            raise PromptConfigError(f"method {self.method!r} needs num_prompts >= 1, got {self.num_prompts}.")
-        if self.method == "vfpt" and not 0.0 <= self.fourier_fraction <= 1.0:
+        self.fourier_fraction = _check_float("fourier_fraction", self.fourier_fraction)
+        if not 0.0 <= self.fourier_fraction <= 1.0:
             raise PromptConfigError(f"fourier_fraction must be in [0, 1], got {self.fourier_fraction}.")
-        if self.uses_pools:
-            for name in ("cls_pool_size", "image_pool_size"):
-                if getattr(self, name) < 1:
-                    raise PromptConfigError(
-                        f"{name} must be >= 1 for method {self.method!r}, got {getattr(self, name)}; "
-                        "use method 'none' or 'vpt-deep' for a model without prompt pools."
-                    )
-            for topk, pool in (("cls_topk", "cls_pool_size"), ("image_topk", "image_pool_size")):
-                k, n = getattr(self, topk), getattr(self, pool)
-                if self.uses_token_matching and not 1 <= k <= n:
-                    raise PromptConfigError(
-                        f"{topk}={k} must be between 1 and {pool}={n}: a token cannot select more "
-                        f"prompts than the pool holds. Lower {topk} or enlarge {pool}."
-                    )
+        spec.prepare(self)
+        spec.validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        """Build from :meth:`to_dict` output; keys that are not fields (from other versions) are ignored."""
+        if not isinstance(data, dict):
+            raise PromptConfigError(f"a prompt config must be a JSON object, got {type(data).__name__}.")
+        known = {k: v for k, v in data.items() if k in _field_names()}
         return cls(**known)
+
+
+def _check_int(name: str, value: Any, low: int, none_hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        hint = f" (convert it with int({value!r}))" if isinstance(value, str) and value.strip().isdigit() else ""
+        raise PromptConfigError(
+            f"{name} must be an integer >= {low}{none_hint}, got {type(value).__name__} {value!r}{hint}."
+        )
+    if value < low:
+        raise PromptConfigError(f"{name} must be >= {low}, got {value}.")
+    return int(value)
+
+
+def _check_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PromptConfigError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+    if math.isnan(value) or math.isinf(value):
+        raise PromptConfigError(f"{name} must be a finite number, got {value}.")
+    return float(value)

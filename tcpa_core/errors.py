@@ -15,6 +15,15 @@ class UnsupportedModelError(TCPAError, TypeError):
     """The backbone is not a timm VisionTransformer this wrapper knows how to prompt."""
 
 
+class CaptureError(TCPAError, ValueError):
+    """Arguments of ``capture`` that cannot be recorded (unknown names, layers out of range, a dtype that is
+    not floating, a device that does not exist)."""
+
+
+class BackboneArgumentError(UnsupportedModelError):
+    """Arguments for ``timm.create_model`` (``--backbone-kwargs``) that timm rejects."""
+
+
 class InputShapeError(TCPAError, ValueError):
     """An input tensor or image whose size, channels or dtype the backbone cannot take."""
 

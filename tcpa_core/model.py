@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +12,12 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .attention import block_explicit, block_fused
 from .config import PromptConfig
-from .errors import CheckpointError, InputShapeError, UnsupportedModelError
-from .hooks import BlockHooks, HookPoint
+from .errors import BackboneArgumentError, CheckpointError, InputShapeError, PromptConfigError, UnsupportedModelError
+from .hooks import BlockEdit, BlockHooks, HookPoint
 from .layout import TokenLayout
-from .matching import select_prompts, selection_to_columns
-from .prompts import (
-    ConvPrompt,
-    PadPrompt,
-    PromptPools,
-    PromptTokens,
-    fourier_transform,
-    partial_fourier_transform,
-    prompt_dropout,
-)
+from .methods import PromptMethod
+from .prompts import ConvPrompt, PadPrompt, PromptPools, PromptTokens, prompt_dropout
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
@@ -60,7 +52,10 @@ class PromptedViT(nn.Module):
                  backbone_name: str | None = None) -> None:
         super().__init__()
         _check_backbone(backbone)
+        if not isinstance(config, PromptConfig):
+            raise PromptConfigError(f"config must be a PromptConfig, got {type(config).__name__}.")
         config.validate()
+        num_classes = _check_num_classes(num_classes)
         self.config = config
         self.backbone_name = backbone_name or getattr(backbone, "pretrained_cfg", {}).get(
             "architecture", type(backbone).__name__)
@@ -79,14 +74,9 @@ class PromptedViT(nn.Module):
 
         depth = len(backbone.blocks)
         patch_size = tuple(backbone.patch_embed.patch_size)
-        self.prompts: PromptPools | PromptTokens | None = None
-        if config.uses_pools:
-            self.prompts = PromptPools(depth, dim, config.cls_pool_size, config.image_pool_size,
-                                       config.prompt_length, with_keys=config.uses_token_matching)
-        elif config.method in ("vpt-deep", "vfpt"):
-            self.prompts = PromptTokens(depth, config.num_prompts, dim, patch_size)
-        elif config.method == "vpt-shallow":
-            self.prompts = PromptTokens(1, config.num_prompts, dim, patch_size)
+        self.spec: PromptMethod = config.spec
+        self.prompts: PromptPools | PromptTokens | nn.Module | None = self.spec.build_prompts(
+            config, depth, dim, patch_size)
 
         self.input_prompt: nn.Module | None = None
         kind = config.resolved_input_prompt
@@ -100,6 +90,7 @@ class PromptedViT(nn.Module):
         self.hooks = nn.ModuleList(BlockHooks() for _ in range(depth))
         self.hook_features = HookPoint()
         self.hook_layout = HookPoint()
+        self._block_edits: dict[int, BlockEdit] | None = None
 
     # ----------------------------------------------------------------------------------------- utils
     @property
@@ -151,16 +142,25 @@ class PromptedViT(nn.Module):
 
     def token_layout(self, grid_size: tuple[int, int]) -> TokenLayout:
         """Layout of the captured attention for an input with this patch grid."""
-        cfg, prompts = self.config, self.prompts
-        cls_cols = prompts.num_cls_columns if isinstance(prompts, PromptPools) else 0
-        image_cols = prompts.num_image_columns if isinstance(prompts, PromptPools) else 0
-        shared = prompts.prompts.shape[1] if isinstance(prompts, PromptTokens) else 0
+        cls_cols, image_cols, shared = self.spec.key_columns(self)
         return TokenLayout(num_prefix=self.num_prefix, grid_size=tuple(grid_size), num_cls_prompt_keys=cls_cols,
                            num_image_prompt_keys=image_cols, num_shared_prompt_keys=shared,
-                           prompt_length=cfg.prompt_length, has_cls_token=self.backbone.cls_token is not None)
+                           prompt_length=self.config.prompt_length, has_cls_token=self.backbone.cls_token is not None)
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise InputShapeError unless ``images`` is a float [B, C, H, W] batch the backbone takes."""
+    def block_edit(self, layer: int) -> BlockEdit | None:
+        """The intervention active on block ``layer`` (set by :func:`tcpa_core.intervene`), or None."""
+        edits = self._block_edits
+        return None if edits is None else edits.get(layer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the backbone's weights (inputs are cast to it)."""
+        return self.backbone.patch_embed.proj.weight.dtype
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` as the backbone takes them; InputShapeError unless it is a floating [B, C, H, W] batch
+        of the right size. Floating inputs of another dtype (float64, float16, bfloat16) are cast to the
+        backbone's dtype (:attr:`dtype`); integer, bool and complex tensors are refused."""
         pe = self.backbone.patch_embed
         channels = pe.proj.in_channels
         expected = tuple(pe.img_size)
@@ -175,6 +175,8 @@ class PromptedViT(nn.Module):
                 f"expected normalised float images, got dtype {images.dtype}; convert with the transforms of "
                 "tcpa_core.data (ToTensor + Normalize with the backbone's mean/std)."
             )
+        if images.shape[0] == 0:
+            raise InputShapeError("got an empty batch (0 images); pass at least one image.")
         if images.shape[1] != channels:
             raise InputShapeError(
                 f"the backbone takes {channels}-channel images, got {images.shape[1]} channels; convert "
@@ -194,132 +196,59 @@ class PromptedViT(nn.Module):
         if self.input_prompt is not None and isinstance(self.input_prompt, PadPrompt) and \
                 size != self.input_prompt.image_size:
             raise InputShapeError(f"the padding prompt was built for {self.input_prompt.image_size} images.")
+        return images if images.dtype == self.dtype else images.to(self.dtype)
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor, return_pool_loss: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, num_classes]``; with ``return_pool_loss`` also the pool loss (scalar; sum over
         blocks of the CLS and image matching distances, zero for methods without token matching)."""
-        features, pool_loss = self._features(images)
-        logits = self.head(features)
+        x, pool_loss = self.run_blocks(self.embed(images))
+        logits = self.head_from_tokens(x)
         return (logits, pool_loss) if return_pool_loss else logits
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-logits features ``[B, D]`` (what the head sees)."""
-        return self._features(images)[0]
+        return self.pre_logits(self.run_blocks(self.embed(images))[0])
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images ``[B, C, H, W]`` -> the residual stream entering block 0, ``[B, prefix+Np, D]``
+        (input prompt, patch and position embedding; VPT-shallow appends its prompts after the prefix)."""
+        images = self.check_images(images)
+        self.hook_layout(self.token_layout(self.grid_size(images)))
         bb = self.backbone
         if self.input_prompt is not None:
             images = self.input_prompt(images)
         x = bb._pos_embed(bb.patch_embed(images))
-        return bb.norm_pre(bb.patch_drop(x))
+        return self.spec.enter_stream(self, bb.norm_pre(bb.patch_drop(x)))
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.check_images(images)
-        self.hook_layout(self.token_layout(self.grid_size(images)))
-        x = self._embed(images)
-        method = self.config.method
-        if method in ("tcpa", "r-tcpa"):
-            x, pool_loss = self._run_tcpa(x)
-        else:
-            pool_loss = x.new_zeros(())
-            if method in ("vpt-deep", "vfpt"):
-                x = self._run_deep_prompts(x)
-            elif method == "vpt-shallow":
-                x = self._run_shallow_prompts(x)
-            else:
-                x = self._run_sequence(x, num_prompts=0)
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``start`` to ``stop - 1`` (Python slice semantics, negative allowed) on the stream ``x``
+        -> ``(stream, pool_loss)`` with the pool loss summed over those blocks."""
+        pool_loss = x.new_zeros(())
+        for layer in range(self.depth)[start:stop]:
+            x, loss = self.spec.run_block(self, layer, x)
+            pool_loss = pool_loss + loss
+        return x, pool_loss
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Stream after the last block -> pre-logits features ``[B, D]`` (``features`` hook point)."""
         bb = self.backbone
-        features = bb.forward_head(bb.norm(x), pre_logits=True)
-        return self.hook_features(features), pool_loss
+        features = bb.forward_head(bb.norm(self.spec.leave_stream(self, x)), pre_logits=True)
+        out: torch.Tensor = self.hook_features(features)
+        return out
 
-    def _prompt_batch(self, prompts: torch.Tensor, batch: int) -> torch.Tensor:
+    def head_from_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Stream after the last block -> logits ``[B, num_classes]``."""
+        out: torch.Tensor = self.head(self.pre_logits(x))
+        return out
+
+    def prompt_batch(self, prompts: torch.Tensor, batch: int) -> torch.Tensor:
         """[P, D] -> [B, P, D] with prompt dropout while training, [1, P, D] otherwise."""
         if self.training and self.config.prompt_dropout > 0:
             return prompt_dropout(prompts.expand(batch, -1, -1), self.config.prompt_dropout, True)
         return prompts.unsqueeze(0)
-
-    def _sequence_block(self, layer: int, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        """Run block ``layer`` of timm on the full sequence [prefix | prompts | patches] (all are queries),
-        recording the attention rows of prefix and patch queries when captured."""
-        block, hooks = self.backbone.blocks[layer], self.hooks[layer]
-        if not hooks.wants_attention:
-            return block(x)
-        out, raw, _, _ = block_explicit(block, x, self.num_prefix)
-        if num_prompts:
-            keep = torch.cat([torch.arange(self.num_prefix), torch.arange(self.num_prefix + num_prompts, x.shape[1])])
-            raw = raw[:, :, keep.to(x.device)]
-        hooks.attn_raw(raw)
-        hooks.attn(raw)
-        hooks.mask(torch.ones(raw.shape[0], *raw.shape[2:], dtype=torch.bool, device=raw.device))
-        return out
-
-    def _run_sequence(self, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        for layer in range(self.depth):
-            x = self._sequence_block(layer, x, num_prompts)
-        return x
-
-    def _run_shallow_prompts(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_prefix
-        prompts = self._prompt_batch(self.prompts.sequence(0), x.shape[0]).expand(x.shape[0], -1, -1)
-        x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
-        x = self._run_sequence(x, num_prompts=prompts.shape[1])
-        return torch.cat([x[:, :n], x[:, n + prompts.shape[1]:]], dim=1)
-
-    def _run_deep_prompts(self, x: torch.Tensor) -> torch.Tensor:
-        n, batch = self.num_prefix, x.shape[0]
-        for layer in range(self.depth):
-            prompts = self._prompt_batch(self.prompts.sequence(layer), batch)
-            if self.config.method == "vfpt":
-                prompts = partial_fourier_transform(prompts, self.config.fourier_fraction)
-            num = prompts.shape[1]
-            seq = torch.cat([x[:, :n], prompts.expand(batch, -1, -1), x[:, n:]], dim=1)
-            out = self._sequence_block(layer, seq, num)
-            x = torch.cat([out[:, :n], out[:, n + num:]], dim=1)
-        return x
-
-    def _tcpa_selection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt-column selection ``allowed`` [B or 1, N, P] and this block's pool loss term."""
-        pools, cfg, n = self.prompts, self.config, self.num_prefix
-        num_patches = x.shape[1] - n
-        hooks = self.hooks[layer]
-        if not cfg.uses_token_matching:
-            cls_rows = torch.cat([x.new_ones(n, pools.num_cls_columns), x.new_zeros(n, pools.num_image_columns)], 1)
-            patch_rows = torch.cat([x.new_zeros(num_patches, pools.num_cls_columns),
-                                    x.new_ones(num_patches, pools.num_image_columns)], 1)
-            return torch.cat([cls_rows, patch_rows]).bool().unsqueeze(0), x.new_zeros(())
-        random = self.random_selection and self.training
-        image = select_prompts(x[:, n:], pools.image_keys[layer], cfg.image_topk, random)
-        hooks.image_assign(image.indices)
-        image_cols = selection_to_columns(image.indices, pools.image_pool_size, cfg.prompt_length)
-        patch_rows = torch.cat([image_cols.new_zeros(*image_cols.shape[:2], pools.num_cls_columns), image_cols], -1)
-        loss = image.distance()
-        if n == 0:
-            return patch_rows, loss
-        cls = select_prompts(x[:, :1], pools.cls_keys[layer], cfg.cls_topk, random)
-        hooks.cls_assign(cls.indices[:, 0])
-        cls_cols = selection_to_columns(cls.indices, pools.cls_pool_size, cfg.prompt_length)
-        cls_row = torch.cat([cls_cols, cls_cols.new_zeros(x.shape[0], 1, pools.num_image_columns)], -1)
-        return torch.cat([cls_row.expand(-1, n, -1), patch_rows], dim=1), loss + cls.distance()
-
-    def _run_tcpa(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pool_loss = x.new_zeros(())
-        for layer in range(self.depth):
-            allowed, loss = self._tcpa_selection(layer, x)
-            pool_loss = pool_loss + loss
-            prompts = self._prompt_batch(self.prompts.sequence(layer), x.shape[0])
-            if self.config.fourier:
-                prompts = fourier_transform(prompts)
-            block, hooks = self.backbone.blocks[layer], self.hooks[layer]
-            if hooks.wants_attention:
-                x, raw, masked, mask = block_explicit(block, x, self.num_prefix, prompts, allowed)
-                hooks.attn_raw(raw)
-                hooks.attn(masked)
-                hooks.mask(mask)
-            else:
-                x = block_fused(block, x, prompts, allowed)
-        return x, pool_loss
 
 
 def build_model(
@@ -340,19 +269,41 @@ def build_model(
         checkpoint: a local backbone weight file (.pth/.pt/.npz/.safetensors) to load instead.
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``dynamic_img_size``).
     """
-    config = config or PromptConfig()
+    if config is None:
+        config = PromptConfig()
+    elif not isinstance(config, PromptConfig):
+        raise PromptConfigError(
+            f"config must be a PromptConfig, got {type(config).__name__}; build one with "
+            "PromptConfig(method='tcpa', ...) (or PromptConfig.from_dict(d) for a dict)."
+        )
+    if num_classes is not None:
+        num_classes = _check_num_classes(num_classes)
+    if not isinstance(pretrained, bool):
+        raise PromptConfigError(f"pretrained must be True or False, got {type(pretrained).__name__} {pretrained!r}.")
+    if checkpoint is not None and (not isinstance(checkpoint, str | Path) or not str(checkpoint).strip()):
+        raise PromptConfigError(
+            f"checkpoint must be the path of a backbone weight file (str or Path), got {checkpoint!r}."
+        )
     if isinstance(model, str):
-        name = model
-        try:
-            backbone = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **timm_kwargs)
-        except RuntimeError as err:
-            if "Unknown model" in str(err):
-                raise UnsupportedModelError(
-                    f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
-                ) from err
-            raise
-    else:
+        backbone = _create_backbone(model, pretrained, num_classes, timm_kwargs)
+        name: str | None = model
+    elif isinstance(model, nn.Module):
+        if timm_kwargs:
+            raise UnsupportedModelError(
+                f"timm keyword arguments {sorted(timm_kwargs)} only apply when the model is given by name; this "
+                "backbone is already built, so create it with them (or pass its timm name)."
+            )
+        if pretrained:
+            raise UnsupportedModelError(
+                "pretrained=True only applies when the model is given by name; load weights into the module "
+                "yourself or pass checkpoint=FILE."
+            )
         name, backbone = None, model
+    else:
+        raise UnsupportedModelError(
+            f"model must be a timm model name (e.g. 'vit_base_patch16_224') or a timm VisionTransformer, got "
+            f"{type(model).__name__} {model!r}."
+        )
     if not isinstance(backbone, VisionTransformer):
         _check_backbone(backbone)
     if checkpoint is not None:
@@ -362,5 +313,48 @@ def build_model(
     if num_classes is None:
         num_classes = backbone.num_classes
     if not num_classes:
-        raise ValueError("num_classes must be given (the backbone has no classifier head).")
+        raise PromptConfigError("num_classes must be given (the backbone has no classifier head): e.g. num_classes=10.")
     return PromptedViT(backbone, config, num_classes, backbone_name=name)
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise PromptConfigError(
+            f"num_classes must be a positive integer, got {type(num_classes).__name__} {num_classes!r}."
+        )
+    if num_classes < 1:
+        raise PromptConfigError(f"num_classes must be >= 1, got {num_classes}.")
+    return int(num_classes)
+
+
+def _create_backbone(name: str, pretrained: bool, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with its failures turned into named errors."""
+    if not name.strip():
+        raise UnsupportedModelError("model is an empty name; pass a timm ViT name such as 'vit_base_patch16_224'.")
+    try:
+        backbone: nn.Module = timm.create_model(name, pretrained=pretrained, num_classes=num_classes or 0, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UnsupportedModelError(
+                f"timm knows no model {name!r}; list ViTs with timm.list_models('vit_*')."
+            ) from err
+        if pretrained:
+            raise CheckpointError(
+                f"could not load timm's pretrained weights of {name!r} ({str(err).splitlines()[0]}); without "
+                "internet pass a local weight file with checkpoint=FILE (--checkpoint) instead."
+            ) from err
+        raise BackboneArgumentError(
+            f"timm could not build {name!r} with {kwargs or 'its defaults'}: {str(err).splitlines()[0]}."
+        ) from err
+    except (TypeError, ValueError, AssertionError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackboneArgumentError(
+            f"timm rejected the backbone arguments {kwargs} for {name!r}: {detail}. Check the names and values "
+            "against timm's VisionTransformer (e.g. img_size=224, dynamic_img_size=True)."
+        ) from err
+    except OSError as err:
+        raise CheckpointError(
+            f"could not fetch timm's pretrained weights of {name!r} ({err}); without internet pass a local "
+            "weight file with checkpoint=FILE (--checkpoint) instead."
+        ) from err
+    return backbone

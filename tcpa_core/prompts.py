@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import PromptConfigError
+
 
 class PromptPools(nn.Module):
     """Per-block CLS and image prompt pools of TCPA.
@@ -93,7 +95,10 @@ class PadPrompt(nn.Module):
         super().__init__()
         h, w = image_size
         if not 0 < 2 * pad < min(h, w):
-            raise ValueError(f"pad_size {pad} does not fit an image of {h}x{w}")
+            raise PromptConfigError(
+                f"pad_size {pad} does not fit an image of {h}x{w}: the frame needs 0 < 2 * pad_size < {min(h, w)}; "
+                "lower pad_size (or leave it None for the automatic size)."
+            )
         self.image_size, self.pad = (h, w), pad
         self.top = nn.Parameter(torch.zeros(1, channels, pad, w))
         self.bottom = nn.Parameter(torch.zeros(1, channels, pad, w))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import PromptedViT
+from .prompts import PromptPools, PromptTokens
 
 
 def _top_entries(query: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +55,7 @@ def _tcpa_layer_mask(model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[t
         mask[:, row, npre:npre + nc + ni] = 0.0
     distances_cls, distances_img = [], []
     for i in range(b):
-        if cfg.method == "r-tcpa":
+        if not model.spec.token_matching:
             cls_pick, img_picks = list(range(cfg.cls_pool_size)), [list(range(cfg.image_pool_size))] * (n - npre)
         else:
             cls_idx, cls_sim = _top_entries(x[i, 0], pools.cls_keys[layer], cfg.cls_topk)
@@ -86,7 +87,7 @@ def _dense_tcpa_layer_mask_vectorised(model: PromptedViT, layer: int, x: torch.T
     npre, lp = model.num_prefix, cfg.prompt_length
     nc, ni = cfg.cls_pool_size, cfg.image_pool_size
     heads = model.backbone.blocks[layer].attn.num_heads
-    if cfg.method == "r-tcpa":
+    if not model.spec.token_matching:
         cls_sel = torch.ones(b, 1, nc, device=x.device)
         img_sel = torch.ones(b, n - npre, ni, device=x.device)
         loss = x.new_zeros(())
@@ -113,27 +114,39 @@ def reference_forward(model: PromptedViT, images: torch.Tensor, vectorised: bool
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [B, C] and pool loss of ``model`` computed by the dense formulation.
 
-    Supports methods ``none``, ``vpt-deep``, ``tcpa`` and ``r-tcpa`` (with or without Fourier prompts), in
-    eval mode (no prompt dropout, top-k selection). ``vectorised`` swaps the loop-based mask for a
-    vectorised one (same values) so the reference can run at ViT-B scale.
+    Supports models without prompt tokens (``none``, ``vp``), with one set of prompt tokens per block
+    (``vpt-deep``; ``vfpt`` with its own FFT of the first ``fourier_fraction`` of them) and with prompt pools
+    (``tcpa``, ``r-tcpa``, ``vfpt+tcpa``, ``vp+tcpa``), in eval mode (no prompt dropout, top-k selection).
+    The kind of model is read from its trainable modules, not from the method name. ``vectorised`` swaps
+    the loop-based mask for a vectorised one (same values) so the reference can run at ViT-B scale.
     """
     cfg, bb = model.config, model.backbone
-    if cfg.method not in ("none", "vpt-deep", "tcpa", "r-tcpa"):
-        raise ValueError(f"the dense reference covers none/vpt-deep/tcpa/r-tcpa, not {cfg.method!r}")
+    tokens = model.prompts.prompts if isinstance(model.prompts, PromptTokens) else None
+    pools = isinstance(model.prompts, PromptPools)
+    no_prompts = model.prompts is None and model.spec.key_columns(model) == (0, 0, 0)
+    if not (no_prompts or pools or (tokens is not None and tokens.shape[0] == model.depth)):
+        raise ValueError(
+            f"the dense reference covers models without prompts, with per-block prompt tokens and with prompt "
+            f"pools, not {model.spec.name!r}"
+        )
+    fourier_tokens = round(cfg.fourier_fraction * tokens.shape[1]) if tokens is not None and \
+        "fourier_fraction" in model.spec.config_fields else 0
     if model.input_prompt is not None:
         images = model.input_prompt(images)
     x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
     npre = model.num_prefix
     pool_loss = x.new_zeros(())
     for layer, block in enumerate(bb.blocks):
-        if cfg.method == "none":
+        if no_prompts:
             x = _dense_block(block, x, None)
             continue
-        if cfg.method == "vpt-deep":
-            prompts, mask = model.prompts.prompts[layer], None
+        if tokens is not None:
+            prompts, mask = tokens[layer], None
+            if fourier_tokens:
+                prompts = torch.cat([torch.fft.fft2(prompts[:fourier_tokens]).real, prompts[fourier_tokens:]])
         else:
-            pools = model.prompts
-            prompts = torch.cat([pools.cls_prompts[layer].flatten(0, 1), pools.image_prompts[layer].flatten(0, 1)])
+            prompts = torch.cat([model.prompts.cls_prompts[layer].flatten(0, 1),
+                                 model.prompts.image_prompts[layer].flatten(0, 1)])
             if cfg.fourier:
                 prompts = torch.fft.fft2(prompts).real
             builder = _dense_tcpa_layer_mask_vectorised if vectorised else _tcpa_layer_mask

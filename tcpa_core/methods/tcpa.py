@@ -1,0 +1,195 @@
+"""``tcpa``: Token Coordinated Prompt Attention (per-block CLS and image prompt pools, per-token selection).
+
+A block (DESIGN.md section 1): the CLS token selects its top-``cls_topk`` CLS-pool entries, every patch token
+its top-``image_topk`` image-pool entries (largest cosine similarity of the block input to the entries'
+keys); the prompt sequence ``[all CLS prompts | all image prompts]`` joins the keys only, and each query
+sees just the prompt columns of the entries it selected, with the softmax over all keys and no
+renormalisation. Fast path: ``block_fused`` (fused attention, exact); capture path: ``block_explicit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from ..attention import block_explicit, block_fused
+from ..errors import PromptConfigError
+from ..hooks import BlockEdit, HookPoint
+from ..matching import cosine_similarity, selection_to_columns
+from ..prompts import PromptPools, fourier_transform
+from .base import COMMON_FIELDS, POOL_FIELDS, PromptMethod, Role, get_method, register_method
+
+if TYPE_CHECKING:
+    from ..config import PromptConfig
+    from ..model import PromptedViT
+
+POOLS: tuple[str, ...] = ("cls", "image")
+
+
+def pools_of(model: PromptedViT) -> PromptPools:
+    assert isinstance(model.prompts, PromptPools)
+    return model.prompts
+
+
+def _random_scores(shape: torch.Size, device: torch.device, seed: int, layer: int, pool: int) -> torch.Tensor:
+    """Uniform scores for the seeded ``"random"`` rule; they depend only on (seed, layer, pool, shape)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + 2 * layer + pool)
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def match(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, *, layer: int, pool: str,
+    sim_hook: Callable[[torch.Tensor], torch.Tensor], assign_hook: Callable[[torch.Tensor], torch.Tensor],
+    edit: BlockEdit | None, warm_up: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries selected by every query token and their pool-loss term.
+
+    Args:
+        queries: [B, T, D] block input of the matching tokens (not detached).
+        keys: [N, D] pool keys.
+        k: entries per token (capped at the entries left when some are removed).
+        sim_hook, assign_hook: hook points of the similarity [B, T, N] and of the selection [B, T, k].
+        edit: the active intervention of this block (removed entries, selection rule) or None.
+        warm_up: random selection of the training warm-up (``model.random_selection`` in train mode).
+    Returns:
+        indices [B, T, k] and the loss ``mean(1 - sim)`` over the selected entries (0 when none is selected).
+    """
+    sim = sim_hook(cosine_similarity(queries, keys))
+    rule = edit.selection if edit is not None and edit.selection is not None else None
+    removed = edit.removed_entries(pool, keys.shape[0], keys.device) if edit is not None else None
+    left = keys.shape[0] - (int(removed.sum()) if removed is not None else 0)
+    k = min(k, left)
+    if rule == "all":
+        entries = torch.arange(keys.shape[0], device=keys.device)
+        if removed is not None:
+            entries = entries[~removed]
+        indices = entries.expand(*sim.shape[:-1], -1)
+    else:
+        if rule == "random" or (rule is None and warm_up):
+            scores = (_random_scores(sim.shape, sim.device, edit.seed, layer, POOLS.index(pool))
+                      if rule == "random" and edit is not None else torch.rand(sim.shape, device=sim.device))
+        elif rule == "shared" and pool == "image":
+            scores = cosine_similarity(queries.mean(dim=1, keepdim=True), keys).expand_as(sim)
+        else:
+            scores = sim
+        if removed is not None:
+            scores = scores.masked_fill(removed, float("-inf"))
+        indices = scores.topk(k, dim=-1).indices
+    indices = assign_hook(indices)
+    similarity = sim.gather(-1, indices)
+    loss = (1.0 - similarity).mean() if similarity.numel() else sim.new_zeros(())
+    return indices, loss
+
+
+@register_method
+class TCPA(PromptMethod):
+    """TCPA with token matching. Subclasses change :meth:`columns` (R-TCPA) or the config (VFPT+TCPA, VP+TCPA)."""
+
+    name: ClassVar[str] = "tcpa"
+    display_name: ClassVar[str] = "TCPA"
+    role: ClassVar[Role] = "tcpa"
+    has_pools: ClassVar[bool] = True
+    token_matching: ClassVar[bool] = True
+    config_fields: ClassVar[tuple[str, ...]] = (
+        *POOL_FIELDS[:2], "cls_topk", "image_topk", *POOL_FIELDS[2:], "fourier", *COMMON_FIELDS)
+    description: ClassVar[str] = ("per-block CLS and image prompt pools; every token attends only to the "
+                                  "prompts it selects (top-k cosine similarity to the keys)")
+
+    def validate(self, config: PromptConfig) -> None:
+        for name in ("cls_pool_size", "image_pool_size"):
+            if getattr(config, name) < 1:
+                raise PromptConfigError(
+                    f"{name} must be >= 1 for method {config.method!r}, got {getattr(config, name)}; "
+                    "use method 'none' or 'vpt-deep' for a model without prompt pools."
+                )
+        if not self.token_matching:
+            return
+        for topk, pool in (("cls_topk", "cls_pool_size"), ("image_topk", "image_pool_size")):
+            k, n = getattr(config, topk), getattr(config, pool)
+            if not 1 <= k <= n:
+                raise PromptConfigError(
+                    f"{topk}={k} must be between 1 and {pool}={n}: a token cannot select more "
+                    f"prompts than the pool holds. Lower {topk} or enlarge {pool}."
+                )
+
+    def resolve(self, config: PromptConfig) -> PromptMethod:
+        if type(self) is not TCPA:
+            return self
+        if config.fourier:
+            return get_method("vfpt+tcpa")
+        if config.input_prompt is not None:
+            return get_method("vp+tcpa")
+        return self
+
+    def build_prompts(self, config: PromptConfig, depth: int, dim: int, patch_size: tuple[int, int]
+                      ) -> nn.Module | None:
+        return PromptPools(depth, dim, config.cls_pool_size, config.image_pool_size, config.prompt_length,
+                           with_keys=self.token_matching)
+
+    def key_columns(self, model: PromptedViT) -> tuple[int, int, int]:
+        pools = pools_of(model)
+        return pools.num_cls_columns, pools.num_image_columns, 0
+
+    def hook_names(self) -> tuple[str, ...]:
+        matching = ("cls_sim", "sim", "cls_assign", "image_assign") if self.token_matching else ()
+        return ("resid_pre", *matching, "prompt_columns", "prompts", "attn_raw", "mask", "attn")
+
+    def columns(self, model: PromptedViT, layer: int, x: torch.Tensor, edit: BlockEdit | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt-column selection ``[B or 1, Q, P]`` bool of block ``layer`` and its pool-loss term."""
+        pools, cfg, n, hooks = pools_of(model), model.config, model.num_prefix, model.hooks[layer]
+        assert pools.image_keys is not None and pools.cls_keys is not None
+        warm_up = model.random_selection and model.training
+        image, loss = match(x[:, n:], pools.image_keys[layer], cfg.image_topk, layer=layer, pool="image",
+                            sim_hook=hooks.sim, assign_hook=hooks.image_assign, edit=edit, warm_up=warm_up)
+        image_cols = selection_to_columns(image, pools.image_pool_size, cfg.prompt_length)
+        patch_rows = torch.cat([image_cols.new_zeros(*image_cols.shape[:2], pools.num_cls_columns), image_cols], -1)
+        if n == 0:
+            return patch_rows, loss
+        cls, cls_loss = match(x[:, :1], pools.cls_keys[layer], cfg.cls_topk, layer=layer, pool="cls",
+                              sim_hook=hooks.cls_sim, assign_hook=_RowHook(hooks.cls_assign), edit=edit,
+                              warm_up=warm_up)
+        cls_cols = selection_to_columns(cls, pools.cls_pool_size, cfg.prompt_length)
+        cls_row = torch.cat([cls_cols, cls_cols.new_zeros(x.shape[0], 1, pools.num_image_columns)], -1)
+        return torch.cat([cls_row.expand(-1, n, -1), patch_rows], dim=1), loss + cls_loss
+
+    def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pools, hooks = pools_of(model), model.hooks[layer]
+        edit = model.block_edit(layer)
+        x = hooks.resid_pre(x)
+        allowed, loss = self.columns(model, layer, x, edit)
+        present = None
+        if edit is not None:
+            sizes, lp = (pools.cls_pool_size, pools.image_pool_size), pools.prompt_length
+            masked = edit.column_flags("masked", sizes, lp, x.device)
+            removed = edit.column_flags("removed", sizes, lp, x.device)
+            hidden = masked if removed is None else removed if masked is None else masked | removed
+            if hidden is not None:
+                allowed = allowed & ~hidden
+            present = None if removed is None else ~removed
+        allowed = hooks.prompt_columns(allowed)
+        prompts = model.prompt_batch(pools.sequence(layer), x.shape[0])
+        if model.config.fourier:
+            prompts = fourier_transform(prompts)
+        prompts = hooks.prompts(prompts)
+        block = model.backbone.blocks[layer]
+        if hooks.wants_attention:
+            x = block_explicit(block, x, model.num_prefix, prompts, allowed, hooks, present)[0]
+        else:
+            x = block_fused(block, x, prompts, allowed, present)
+        return x, loss
+
+
+class _RowHook:
+    """Presents the CLS selection ``[B, 1, k]`` to the ``cls_assign`` hook point as ``[B, k]``."""
+
+    def __init__(self, point: HookPoint) -> None:
+        self.point = point
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.point(indices[:, 0])
+        return out.unsqueeze(1)
