@@ -35,7 +35,7 @@ class CheckpointInfo:
     fingerprint: str
     mtime: float
     tcpa_family: bool = False
-    """True for the TCPA family (prompt pools: TCPA, R-TCPA and their combinations), the TCPA picker's list."""
+    """True for the TCPA family (registry role ``"tcpa"``: TCPA, R-TCPA, VFPT+TCPA ...), the TCPA picker's list."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -70,9 +70,9 @@ def _weights_for(path: Path) -> Path:
 
 
 def _tcpa_family(prompt_config: dict[str, Any]) -> bool:
-    """Whether the recorded prompt config is of the TCPA family (it has prompt pools)."""
+    """Whether the recorded prompt config is of the TCPA family (method registry role ``"tcpa"``)."""
     try:
-        return PromptConfig.from_dict(prompt_config).uses_pools
+        return PromptConfig.from_dict(prompt_config).spec.role == "tcpa"
     except (TCPAError, TypeError, ValueError):
         return False
 

@@ -30,7 +30,8 @@ class LoadedModel:
 
     @property
     def method(self) -> str:
-        return self.model.config.method
+        """Display name of the prompting method (``"TCPA"``, ``"VPT-deep"`` ...) from the method registry."""
+        return self.model.config.display_name
 
     @property
     def depth(self) -> int:
@@ -46,8 +47,8 @@ class LoadedModel:
 
     @property
     def has_selection(self) -> bool:
-        """True for TCPA with token matching (the model records per-token prompt choices)."""
-        return self.model.config.uses_token_matching
+        """True for methods with token matching (the model records per-token prompt choices)."""
+        return self.model.config.spec.token_matching
 
     @property
     def class_names(self) -> list[str]:

@@ -39,8 +39,8 @@ def render(ctx: ImageContext) -> None:
     heads = controls[3].radio("Heads", ["per-head", "head-mean"], key="rank_heads", persist_state="page",
                               horizontal=True)
     aggregates = {}
-    for role, lm, _ in ctx.models():
-        if block == "prompts" and lm.method in ("none", "vp"):
+    for role, lm, cap in ctx.models():
+        if block == "prompts" and cap.layout.num_prompt_keys == 0:
             st.info(f"{lm.info.label} has no prompt columns; it is left out of this submatrix.")
             continue
         with st.spinner(f"Measuring {lm.info.label}..."):
