@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +22,8 @@ if TYPE_CHECKING:
 
 # Streamlit renders bare string expressions of this script ("magic"), so notes here are comments.
 THREADS_ENV = "TCPA_VIZ_THREADS"  # torch threads of the dashboard process (default 1)
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+UPLOAD_ERROR = "upload_error"  # message of the last rejected upload, shown once after the uploader is cleared
+HIDE_CHROME = "<style>[data-testid='stAppDeployButton'] {display: none;}</style>"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -119,12 +117,16 @@ def current_image(tcpa: LoadedModel, dataset: Dataset | None, data_key: str) -> 
 
     with st.sidebar:
         source, index, upload = sidebar.image_source(len(dataset) if dataset is not None else None)
+    if st.session_state.get(UPLOAD_ERROR):
+        st.error(st.session_state.pop(UPLOAD_ERROR))
     if source == "upload" and upload is not None:
         data = upload.getvalue()
         image, error = attempt(f"Cannot use the uploaded file {upload.name!r}", loading.upload_image,
                                loading.upload_digest(data), upload.name, tcpa.data_key, data)
         if error:
-            st.error(error + (" Showing a test image instead." if dataset is not None else ""))
+            st.session_state[UPLOAD_ERROR] = error + (" Showing a test image instead." if dataset is not None else "")
+            st.session_state[sidebar.UPLOAD_GEN] = st.session_state.get(sidebar.UPLOAD_GEN, 0) + 1
+            st.rerun()
         else:
             if image.notes:
                 st.warning(f"{upload.name}: " + "; ".join(image.notes) + ".")
@@ -144,16 +146,16 @@ def main() -> None:
     import streamlit as st
 
     from app import loading, sidebar, state
-    from app.views import ViewContext, attention, features, models, rank, selection
+    from app.views import ImageContext, PageContext, get_view
 
-    started = time.perf_counter()
     st.set_page_config(page_title="tcpa-viz dashboard", layout="wide")
+    st.html(HIDE_CHROME)
     limit_threads()
     args = script_args()
     demo_dir = loading.resolve_demo_dir(args.demo_dir)
     with st.sidebar:
         st.title("tcpa-viz")
-        view = sidebar.view_picker()
+        view = get_view(sidebar.view_picker())
         choice = sidebar.model_pickers(demo_dir, loading.extra_checkpoint_paths(args.checkpoint))
         if choice.problems:
             with st.expander(f"{len(choice.problems)} unreadable checkpoint(s)"):
@@ -171,12 +173,14 @@ def main() -> None:
     tcpa, baseline = load_models(choice)
     with st.sidebar:
         sidebar.model_summaries([("TCPA", tcpa), ("Baseline", baseline)])
-    if view == "Models" or tcpa is None:
-        entries = [("TCPA", choice.tcpa, tcpa)]
-        if choice.baseline is not None:
-            entries.insert(0, ("Baseline", choice.baseline, baseline))
-        models.render(entries, summary)
-        st.caption(f"Page computed in {time.perf_counter() - started:.2f} s")
+    entries = [("TCPA", choice.tcpa, tcpa)]
+    if choice.baseline is not None:
+        entries.insert(0, ("Baseline", choice.baseline, baseline))
+    if not view.needs_image or tcpa is None:
+        if view.needs_image:
+            view = get_view("models")
+        view.render(PageContext(tcpa=tcpa, baseline=baseline, entries=entries, summary=summary, dataset=None,
+                                data_key=""))
         return
 
     spec_json = json.dumps(loading.dataset_spec(tcpa), sort_keys=True)
@@ -199,8 +203,9 @@ def main() -> None:
             captures.append(cap)
     if captures[0] is None:
         return
-    ctx = ViewContext(tcpa=tcpa, tcpa_capture=captures[0], image=image, baseline=baseline if captures[1] else None,
-                      baseline_capture=captures[1], dataset=dataset, data_key=data_key)
+    ctx = ImageContext(tcpa=tcpa, baseline=baseline if captures[1] else None, entries=entries, summary=summary,
+                       dataset=dataset, data_key=data_key, image=image, tcpa_capture=captures[0],
+                       baseline_capture=captures[1])
     predictions = [image.name]
     names = tcpa.class_names
     if image.label is not None:
@@ -210,10 +215,7 @@ def main() -> None:
         predictions.append(f"{role} ({lm.info.label}) predicts {lm.class_names[top]} ({cap.probs[top]:.2f})")
     st.caption(" · ".join(predictions))
 
-    pages = {"Prompt selection": selection.render, "Attention": attention.render,
-             "Features (t-SNE)": features.render, "Rank": rank.render}
-    pages[view](ctx)
-    st.caption(f"Page computed in {time.perf_counter() - started:.2f} s")
+    view.render(ctx)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from tcpa_viz import as_rgb_uint8, plot_selection_grid_matplotlib, plot_selection_grid_plotly
+from tcpa_viz import as_rgb_uint8
+from tcpa_viz.colors import categorical_colors
 from tcpa_viz.heatmap import group_ticks
 
 if TYPE_CHECKING:
@@ -105,16 +106,19 @@ def selection_table_figure(assign: np.ndarray, pool_size: int, title: str, highl
     k = max(int(ranks.max()), 1)
     strength = np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
     text = np.where(ranks > 0, ranks.astype(str), "")
+    short = "img" if pool == "image" else "cls"
     scale = "Blues" if pool == "image" else "Reds"
     fig = go.Figure(go.Heatmap(
-        z=strength, x=list(range(pool_size)), y=list(range(ranks.shape[0])), text=text, texttemplate="%{text}",
+        z=strength, x=[f"{short} {e}" for e in range(pool_size)], y=list(range(ranks.shape[0])), text=text,
+        texttemplate="%{text}",
         colorscale=scale, zmin=0, zmax=1, showscale=False, xgap=1, ygap=1, customdata=ranks,
-        hovertemplate="layer %{y}<br>entry %{x}<br>rank %{customdata}<extra></extra>",
+        hovertemplate="layer %{y}<br>%{x}<br>rank %{customdata} (1 = most similar key)<extra></extra>",
     ))
     if highlight is not None:
         fig.add_shape(type="rect", x0=-0.5, x1=pool_size - 0.5, y0=highlight - 0.5, y1=highlight + 0.5,
                       line=dict(color=SELECTED_COLOUR, width=2))
-    fig.update_xaxes(title_text=f"{pool}-pool entry", dtick=1 if pool_size <= 40 else None)
+    fig.update_xaxes(title_text=f"{pool}-pool entry (cell: rank in the top-k list, 1 = most similar)",
+                     type="category", tickangle=-45)
     fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1)
     fig.update_layout(title=dict(text=title), height=max(260, 34 * ranks.shape[0] + 120),
                       margin=dict(l=10, r=10, t=50, b=10))
@@ -135,7 +139,8 @@ def selection_table_matplotlib(assign: np.ndarray, pool_size: int, title: str, p
         if rank:
             ax.text(entry, layer, str(rank), ha="center", va="center", fontsize="x-small",
                     color="white" if strength[layer, entry] > 0.5 else "black")
-    ax.set_xticks(range(pool_size))
+    ax.set_xticks(range(pool_size), [f"{'img' if pool == 'image' else 'cls'} {e}" for e in range(pool_size)],
+                  rotation=90)
     ax.set_yticks(range(ranks.shape[0]))
     ax.tick_params(labelsize="x-small")
     ax.set_xlabel(f"{pool}-pool entry")
@@ -144,29 +149,81 @@ def selection_table_matplotlib(assign: np.ndarray, pool_size: int, title: str, p
     return fig
 
 
+def selection_values(image_assign: np.ndarray, grid_size: tuple[int, int], mode: str, rank: int
+                     ) -> tuple[np.ndarray, list[str]]:
+    """``([h, w] category index, category labels)`` of one layer's choices ``[Np, k]``.
+
+    ``top1``: the entry each patch chose at ``rank`` (1-based), labelled ``img 11``; ``set``: patches that chose
+    the same set of entries share a category, numbered by first appearance (``set 1``, ``set 2`` ...; a set id
+    has no order, so the colours are categorical, never a continuous scale).
+    """
+    h, w = grid_size
+    assign = np.asarray(image_assign, dtype=np.int64)
+    if mode == "top1":
+        keys = [int(v) for v in assign[:, rank - 1]]
+        uniques = sorted(set(keys))
+        labels = [f"img {u}" for u in uniques]
+        index = np.array([uniques.index(k) for k in keys])
+    else:
+        sets = [tuple(sorted(int(v) for v in row)) for row in assign]
+        order = list(dict.fromkeys(sets))
+        labels = [f"set {i + 1}" for i in range(len(order))]
+        index = np.array([order.index(t) for t in sets])
+    return index.reshape(h, w), labels
+
+
 def selection_map_figure(image_assign: np.ndarray, layout: TokenLayout, display: np.ndarray, mode: str,
-                         rank: int, title: str, alpha: float = 0.6) -> go.Figure:
-    """The image coloured by what every patch selected (``top1``: entry at ``rank``; ``set``: set id)."""
-    fig = plot_selection_grid_plotly(image_assign[None], layout, image=0, mode=mode, rank=rank, title=title)
+                         rank: int, title: str, alpha: float = 0.55) -> go.Figure:
+    """The image with every patch coloured by what it selected (categorical colours, every cell labelled)."""
+    h, w = layout.grid_size
+    index, labels = selection_values(image_assign, (h, w), mode, rank)
+    n = len(labels)
+    colours = categorical_colors(n)
+    scale = []
+    for i, colour in enumerate(colours):
+        scale += [[i / n, colour], [(i + 1) / n, colour]]
     img = as_rgb_uint8(display)
     height, width = img.shape[:2]
-    h, w = layout.grid_size
-    fig.data[0].opacity = alpha
-    background = go.Image(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
-                          hoverinfo="skip")
-    fig.add_trace(background)
-    fig.data = (fig.data[1], fig.data[0])
-    fig.update_xaxes(range=[-0.5, w - 0.5], showgrid=False, dtick=1)
-    fig.update_yaxes(range=[h - 0.5, -0.5], autorange=None, showgrid=False, dtick=1)
-    fig.update_layout(width=None, height=440, margin=dict(l=10, r=10, t=50, b=10))
+    text = np.array(labels, dtype=object)[index]
+    short = np.vectorize(lambda t: t.split(" ")[1])(text)
+    fig = go.Figure([
+        go.Image(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
+                 hoverinfo="skip"),
+        go.Heatmap(z=index + 0.5, zmin=0, zmax=n, colorscale=scale, opacity=alpha, text=text, customdata=short,
+                   texttemplate="%{customdata}" if max(h, w) <= 16 else "", textfont=dict(size=10),
+                   hovertemplate="patch (%{y}, %{x}): %{text}<extra></extra>", xgap=1, ygap=1,
+                   colorbar=dict(tickvals=[i + 0.5 for i in range(n)], ticktext=labels, thickness=12,
+                                 len=min(1.0, 0.06 * n + 0.2))),
+    ])
+    fig.update_xaxes(range=[-0.5, w - 0.5], showgrid=False, dtick=1, title_text="patch column")
+    fig.update_yaxes(range=[h - 0.5, -0.5], showgrid=False, dtick=1, scaleanchor="x", title_text="patch row")
+    fig.update_layout(title=dict(text=title), height=440, margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 
 def selection_map_matplotlib(image_assign: np.ndarray, layout: TokenLayout, display: np.ndarray, mode: str,
                              rank: int, title: str) -> Figure:
     """Static version of :func:`selection_map_figure`."""
-    return plot_selection_grid_matplotlib(image_assign[None], layout, image=0, mode=mode, rank=rank,
-                                          background=display, title=title)
+    from matplotlib.colors import ListedColormap
+
+    h, w = layout.grid_size
+    index, labels = selection_values(image_assign, (h, w), mode, rank)
+    fig = Figure(figsize=(6.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    ax.imshow(as_rgb_uint8(display), extent=extent)
+    shown = ax.imshow(index, cmap=ListedColormap(categorical_colors(len(labels))), vmin=-0.5,
+                      vmax=len(labels) - 0.5, alpha=0.55, extent=extent, interpolation="nearest")
+    if max(h, w) <= 16:
+        for (r, c), v in np.ndenumerate(index):
+            ax.text(c, r, labels[v].split(" ")[1], ha="center", va="center", fontsize="x-small")
+    bar = fig.colorbar(shown, ax=ax, ticks=range(len(labels)))
+    bar.ax.set_yticklabels(labels, fontsize="x-small")
+    ax.set_xticks(range(w))
+    ax.set_yticks(range(h))
+    ax.tick_params(labelsize="x-small")
+    ax.set_title(title, fontsize="medium")
+    return fig
 
 
 def mask_figure(mask: np.ndarray, layout: TokenLayout, title: str) -> go.Figure:
@@ -206,4 +263,250 @@ def mask_matplotlib(mask: np.ndarray, layout: TokenLayout, title: str) -> Figure
     ax.set_xticks(kx, kn, rotation=30, ha="right", fontsize="small")
     ax.set_yticks(qx, qn, fontsize="small")
     ax.set_title(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ labels
+def key_labels(layout: TokenLayout) -> list[str]:
+    """A label for every key column: ``CLS`` / ``reg i``, ``cls i`` and ``img i`` (TCPA pool entries, with
+    ``.j`` for prompt position j when prompts are longer than one token), ``prompt i`` and ``patch r,c``."""
+    labels = ["CLS" if i == 0 and layout.has_cls_token else f"reg {i - int(layout.has_cls_token)}"
+              for i in range(layout.num_prefix)]
+    length = max(layout.prompt_length, 1)
+    for short, size in (("cls", layout.num_cls_prompt_keys), ("img", layout.num_image_prompt_keys)):
+        labels += [f"{short} {j // length}" + (f".{j % length}" if length > 1 else "") for j in range(size)]
+    labels += [f"prompt {j}" for j in range(layout.num_shared_prompt_keys)]
+    w = layout.grid_size[1]
+    labels += [f"patch {p // w},{p % w}" for p in range(layout.num_patches)]
+    return labels
+
+
+def query_labels(layout: TokenLayout) -> list[str]:
+    """A label for every query row (prefix tokens, then ``patch r,c``)."""
+    keys = key_labels(layout)
+    return keys[:layout.num_prefix] + keys[layout.num_keys - layout.num_patches:]
+
+
+def heads_label(heads: str | int) -> str:
+    """``mean over heads``, ``max over heads`` or ``head 2``."""
+    return f"head {heads}" if isinstance(heads, int) else f"{heads} over heads"
+
+
+# ------------------------------------------------------------------------------------------ prompt shares
+def prompt_share_figure(tcpa_entries: list[tuple[str, float]], baseline_entries: list[tuple[str, float]] | None,
+                        title: str, baseline_title: str = "") -> go.Figure:
+    """Bars of the attention share one query gives each prompt: TCPA's selected pool entries (``img 11``, in
+    rank order) beside the baseline's prompts (``prompt 3``), on one shared y axis."""
+    from plotly.subplots import make_subplots
+
+    panels = [("TCPA", tcpa_entries, "#1f77b4")]
+    if baseline_entries is not None:
+        panels.append((baseline_title or "baseline", baseline_entries, "#ff7f0e"))
+    widths = [max(len(entries), 1) for _, entries, _ in panels]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, column_widths=widths,
+                        subplot_titles=[name for name, _, _ in panels], horizontal_spacing=0.06)
+    for i, (_, entries, colour) in enumerate(panels, start=1):
+        fig.add_trace(go.Bar(x=[n for n, _ in entries], y=[v for _, v in entries], marker_color=colour,
+                             showlegend=False, hovertemplate="%{x}: %{y:.4f} of the row<extra></extra>"), 1, i)
+        fig.update_xaxes(type="category", tickangle=-45, row=1, col=i)
+    fig.update_yaxes(title_text="attention share", row=1, col=1)
+    fig.update_layout(title=dict(text=title), height=330, margin=dict(l=10, r=10, t=70, b=10), bargap=0.15)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ overlays
+def _patch_markers(h: int, w: int) -> go.Scatter:
+    """Invisible markers on every patch centre; a click reports ``(row, col)`` as the point's custom data."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return go.Scatter(x=cols.ravel(), y=rows.ravel(), mode="markers", showlegend=False,
+                      marker=dict(symbol="square", size=max(6, min(40, int(300 / max(h, w)))), opacity=0.01,
+                                  color="white"),
+                      customdata=np.stack([rows.ravel(), cols.ravel()], axis=-1),
+                      hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>")
+
+
+def _box(row: int, col: int) -> dict[str, object]:
+    return dict(type="rect", x0=col - 0.5, x1=col + 0.5, y0=row - 0.5, y1=row + 0.5,
+                line=dict(color="#00e5ff", width=3))
+
+
+def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarray]], box: tuple[int, int] | None,
+                           smooth: bool, title: str, difference: bool = True) -> go.Figure:
+    """The query's attention to the patches of each model over the image, on one shared colour scale, and
+    (two models, ``difference``) the map of the last minus the first on a symmetric diverging scale.
+
+    ``grids`` are ``(name, [h, w])``; axes are in patch units, so a click on any panel reports the patch
+    ``(row, col)`` (custom data of invisible markers) and the picker of the Attention view uses it.
+    ``smooth=False`` draws blocky patches (the values as computed), ``True`` interpolates for display.
+    """
+    from plotly.subplots import make_subplots
+
+    img = as_rgb_uint8(display)
+    height, width = img.shape[:2]
+    h, w = grids[0][1].shape
+    panels = list(grids)
+    with_diff = difference and len(grids) == 2
+    names = [n for n, _ in panels] + ([f"{grids[1][0]} minus {grids[0][0]}"] if with_diff else [])
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
+    zmax = max(float(np.max(g)) for _, g in grids) or 1.0
+    zsmooth = "best" if smooth else False
+    background = dict(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
+                      hoverinfo="skip")
+    for i, (name, grid) in enumerate(panels, start=1):
+        fig.add_trace(go.Image(**background), 1, i)
+        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=zmax, colorscale="Inferno", opacity=0.6, zsmooth=zsmooth,
+                                 showscale=i == len(panels), colorbar=dict(title="share", x=1.0 if not with_diff
+                                                                           else (len(panels) / len(names)) - 0.02,
+                                                                           len=0.8, thickness=10),
+                                 hovertemplate=f"{name}<br>patch (%{{y}}, %{{x}}): %{{z:.4f}}<extra></extra>"), 1, i)
+        fig.add_trace(_patch_markers(h, w), 1, i)
+    if with_diff:
+        diff = grids[1][1] - grids[0][1]
+        bound = float(np.max(np.abs(diff))) or 1.0
+        col = len(names)
+        fig.add_trace(go.Image(**background), 1, col)
+        fig.add_trace(go.Heatmap(z=diff, zmin=-bound, zmax=bound, colorscale="RdBu_r", opacity=0.75, zsmooth=zsmooth,
+                                 colorbar=dict(title="diff", x=1.02, len=0.8, thickness=10),
+                                 hovertemplate="patch (%{y}, %{x}): %{z:+.4f}<extra></extra>"), 1, col)
+        fig.add_trace(_patch_markers(h, w), 1, col)
+    for i in range(1, len(names) + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], row=1, col=i)
+        fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{suffix}", row=1, col=i)
+        if box is not None:
+            fig.add_shape(**_box(*box), row=1, col=i)
+    fig.update_layout(title=dict(text=title), height=400, margin=dict(l=5, r=40, t=70, b=5), dragmode=False,
+                      clickmode="event+select")
+    return fig
+
+
+def overlay_compare_matplotlib(display: np.ndarray, grids: list[tuple[str, np.ndarray]], box: tuple[int, int] | None,
+                               smooth: bool, title: str) -> Figure:
+    """Static version of :func:`overlay_compare_figure` (same shared scale and difference map)."""
+    from matplotlib.patches import Rectangle
+
+    img = as_rgb_uint8(display)
+    h, w = grids[0][1].shape
+    panels = list(grids)
+    diff = grids[1][1] - grids[0][1] if len(grids) == 2 else None
+    count = len(panels) + (diff is not None)
+    fig = Figure(figsize=(4.2 * count, 4.4), layout="constrained")
+    axes = fig.subplots(1, count, squeeze=False)[0]
+    zmax = max(float(np.max(g)) for _, g in grids) or 1.0
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    interpolation = "bilinear" if smooth else "nearest"
+    image = None
+    for ax, (name, grid) in zip(axes, panels, strict=False):
+        ax.imshow(img, extent=extent)
+        image = ax.imshow(grid, cmap="inferno", vmin=0, vmax=zmax, alpha=0.6, extent=extent,
+                          interpolation=interpolation)
+        ax.set_title(name, fontsize="medium")
+    if image is not None:
+        fig.colorbar(image, ax=axes[:len(panels)], shrink=0.8, label="attention share")
+    if diff is not None:
+        bound = float(np.max(np.abs(diff))) or 1.0
+        ax = axes[-1]
+        ax.imshow(img, extent=extent)
+        shown = ax.imshow(diff, cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.75, extent=extent,
+                          interpolation=interpolation)
+        ax.set_title(f"{grids[1][0]} minus {grids[0][0]}", fontsize="medium")
+        fig.colorbar(shown, ax=ax, shrink=0.8, label="difference")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if box is not None:
+            ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
+    fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ attention matrix
+def _matrix_values(matrix: np.ndarray, log: bool) -> np.ndarray:
+    values = np.asarray(matrix, dtype=np.float64)
+    if not log:
+        return values
+    return np.where(values > 0, np.log10(np.maximum(values, 1e-12)), np.nan)
+
+
+def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str, log: bool) -> go.Figure:
+    """Head-reduced attention matrices ``[query, key]`` side by side on one shared colour scale; every prompt
+    column is labelled by its pool entry (``img 11``, ``cls 4``, ``prompt 3``); ``log`` shows log10 of the
+    weights (weights the mask set to 0 are left blank)."""
+    from plotly.subplots import make_subplots
+
+    values = [_matrix_values(m, log) for _, m, _ in panels]
+    finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
+    zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[n for n, _, _ in panels], horizontal_spacing=0.08)
+    for i, ((_, _, layout), z) in enumerate(zip(panels, values, strict=True), start=1):
+        keys, queries = key_labels(layout), query_labels(layout)
+        fig.add_trace(go.Heatmap(
+            z=z.astype(np.float32), colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=i == len(panels), x=keys,
+            y=queries, hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 weight %{z:.3f}" if log else
+                                                                      "weight %{z:.4g}") + "<extra></extra>",
+            colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
+        ), 1, i)
+        prefix, prompts = layout.num_prefix, layout.num_prompt_keys
+        ticks = keys[:prefix + prompts] + ([keys[prefix + prompts + layout.num_patches // 2]]
+                                           if layout.num_patches else [])
+        texts = keys[:prefix + prompts] + (["patches"] if layout.num_patches else [])
+        fig.update_xaxes(type="category", tickvals=ticks, ticktext=texts, tickangle=-90, tickfont=dict(size=8),
+                         title_text=f"key ({len(keys)})", row=1, col=i)
+        fig.update_yaxes(type="category", tickvals=[*queries[:prefix], queries[prefix + layout.num_patches // 2]],
+                         ticktext=[*queries[:prefix], "patches"], autorange="reversed",
+                         title_text=f"query ({len(queries)})", row=1, col=i)
+    fig.update_layout(title=dict(text=title), height=480, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def matrix_matplotlib(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str, log: bool) -> Figure:
+    """Static version of :func:`matrix_figure`."""
+    values = [_matrix_values(m, log) for _, m, _ in panels]
+    finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
+    zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig = Figure(figsize=(6.5 * len(panels), 5.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    shown = None
+    for ax, (name, _, layout), z in zip(axes, panels, values, strict=True):
+        shown = ax.imshow(z, cmap="viridis", vmin=zmin, vmax=zmax, aspect="auto", interpolation="nearest")
+        keys = key_labels(layout)
+        prefix, prompts = layout.num_prefix, layout.num_prompt_keys
+        ax.set_xticks([*range(prefix + prompts), prefix + prompts + layout.num_patches // 2],
+                      [*keys[:prefix + prompts], "patches"], rotation=90, fontsize=5)
+        ax.set_title(name, fontsize="medium")
+        ax.set_ylabel("query")
+    if shown is not None:
+        fig.colorbar(shown, ax=axes, label="log10 weight" if log else "weight", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ t-SNE
+def tsne_figure(embedding: np.ndarray, labels: np.ndarray, predictions: np.ndarray, indices: np.ndarray,
+                class_names: list[str], current: int | None, title: str) -> go.Figure:
+    """t-SNE scatter, one trace per class; misclassified points drawn as crosses, the current image as a
+    large ring. Every point carries its test-set index as custom data (a click loads that image)."""
+    classes = sorted({int(c) for c in labels})
+    colours = categorical_colors(max(classes) + 1 if classes else 1)
+    fig = go.Figure()
+    wrong = predictions != labels
+    for cls in classes:
+        sel = np.flatnonzero(labels == cls)
+        name = class_names[cls] if cls < len(class_names) else str(cls)
+        fig.add_trace(go.Scatter(
+            x=embedding[sel, 0], y=embedding[sel, 1], mode="markers", name=f"class {name}",
+            customdata=np.stack([indices[sel], predictions[sel]], axis=-1),
+            marker=dict(size=np.where(wrong[sel], 9, 6), color=colours[cls],
+                        symbol=np.where(wrong[sel], "x", "circle"), line=dict(width=0)),
+            hovertemplate=f"test image %{{customdata[0]}}<br>class {name}, predicted %{{customdata[1]}}"
+                          "<extra></extra>",
+        ))
+    if current is not None and current in set(indices.tolist()):
+        at = int(np.flatnonzero(indices == current)[0])
+        fig.add_trace(go.Scatter(x=[embedding[at, 0]], y=[embedding[at, 1]], mode="markers", name="current image",
+                                 marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=3)),
+                                 hoverinfo="skip"))
+    fig.update_layout(title=dict(text=title), height=500, margin=dict(l=10, r=10, t=60, b=10),
+                      xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), clickmode="event+select",
+                      legend=dict(itemsizing="constant"), dragmode=False)
     return fig

@@ -9,15 +9,18 @@ from pathlib import Path
 import streamlit as st
 
 from app.loading import CheckpointInfo, LoadedModel, default_choice, describe_checkpoint, discover_checkpoints
+from app.views import list_views
 from tcpa_core import TCPAError
 
-VIEWS = ("Prompt selection", "Attention", "Features (t-SNE)", "Rank", "Models")
 ADDED = "added_checkpoints"
 ADD_ERROR = "add_checkpoint_error"
 TCPA_KEY = "tcpa_checkpoint"
 BASELINE_KEY = "baseline_checkpoint"
 PATH_INPUT = "checkpoint_path"
 NO_BASELINE = ""
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+UPLOAD_GEN = "upload_generation"
+"""Bumped after a rejected upload: the uploader gets a new key, so the bad file is cleared."""
 
 
 @dataclass
@@ -32,8 +35,11 @@ class ModelChoice:
 
 
 def view_picker() -> str:
-    """The page to draw."""
-    return st.radio("View", VIEWS, key="view")
+    """The name of the page to draw, among the registered views."""
+    views = {v.name: v.label for v in list_views()}
+    if st.session_state.get("view") not in views:
+        st.session_state["view"] = next(iter(views))
+    return st.radio("View", list(views), key="view", format_func=views.get)
 
 
 def _add_checkpoint() -> None:
@@ -48,7 +54,7 @@ def _add_checkpoint() -> None:
     added = st.session_state.setdefault(ADDED, [])
     if path not in added:
         added.append(path)
-    st.session_state[TCPA_KEY if info.method == "tcpa" else BASELINE_KEY] = info.weights
+    st.session_state[TCPA_KEY if info.tcpa_family else BASELINE_KEY] = info.weights
     st.session_state[PATH_INPUT] = ""
 
 
@@ -72,13 +78,15 @@ def model_pickers(demo_dir: Path, extra_paths: Sequence[str]) -> ModelChoice:
     if infos:
         by_weights = {i.weights: i for i in infos}
         options = list(by_weights)
-        if st.session_state.get(TCPA_KEY) not in by_weights:
+        tcpa_options = [w for w in options if by_weights[w].tcpa_family] or options
+        if st.session_state.get(TCPA_KEY) not in tcpa_options:
             default = default_choice(infos, tcpa=True)
-            st.session_state[TCPA_KEY] = options[default if default is not None else 0]
+            st.session_state[TCPA_KEY] = options[default] if default is not None else tcpa_options[0]
         if st.session_state.get(BASELINE_KEY) not in (NO_BASELINE, *by_weights):
             default = default_choice(infos, tcpa=False)
             st.session_state[BASELINE_KEY] = options[default] if default is not None else NO_BASELINE
-        tcpa = st.selectbox("TCPA model", options, key=TCPA_KEY, format_func=lambda w: by_weights[w].title)
+        tcpa = st.selectbox("TCPA model", tcpa_options, key=TCPA_KEY, help="TCPA-family checkpoints (with prompt "
+                            "pools); when none is listed, every checkpoint", format_func=lambda w: by_weights[w].title)
         baseline = st.selectbox("Baseline model", [NO_BASELINE, *options], key=BASELINE_KEY,
                                 format_func=lambda w: by_weights[w].title if w else "(none)")
         choice.tcpa = by_weights[tcpa]
@@ -118,5 +126,8 @@ def image_source(dataset_size: int | None) -> tuple[str, int, object | None]:
         index = int(st.number_input(f"Test image index (0-{dataset_size - 1})", min_value=0,
                                     max_value=dataset_size - 1, step=1, key="image_index"))
     else:
-        upload = st.file_uploader("Image file (PNG, JPEG, ...)", key="image_upload")
+        generation = int(st.session_state.get(UPLOAD_GEN, 0))
+        key = "image_upload" if not generation else f"image_upload_{generation}"
+        upload = st.file_uploader("Image file", type=UPLOAD_TYPES, key=key,
+                                  help="It is resized (aspect ratio not kept) to the model's input size.")
     return source, index, upload

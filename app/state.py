@@ -68,10 +68,10 @@ def _as_pair(data: Any) -> tuple[int, int] | None:
     return None
 
 
-def on_grid_click(grid_width: int) -> None:
-    """Callback of the clickable image: a point carries its patch ``(row, col)`` as custom data (its index
-    in the row-major patch list is used when the custom data is missing)."""
-    event = st.session_state.get(GRID_CHART) or {}
+def on_grid_click(grid_width: int, chart_key: str = GRID_CHART) -> None:
+    """Callback of a clickable patch chart (``chart_key``): a point carries its patch ``(row, col)`` as custom
+    data (its index in the row-major patch list is used when the custom data is missing)."""
+    event = st.session_state.get(chart_key) or {}
     selection = event.get("selection", {}) if isinstance(event, Mapping) else {}
     for point in selection.get("points", []):
         pair = _as_pair(point.get("customdata"))

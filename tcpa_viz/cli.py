@@ -748,22 +748,15 @@ def _rank_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _dashboard_launcher() -> Callable[..., int]:
-    """``launch`` of ``app/launch.py`` (the dashboard lives beside the package in the source tree)."""
-    import importlib.util
-
-    candidates = [Path(__file__).resolve().parent.parent / "app" / "launch.py", Path.cwd() / "app" / "launch.py"]
-    for path in candidates:
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("tcpa_viz_dashboard_launch", path)
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module.launch
-    raise TCPAError(
-        "The dashboard (app/launch.py of the tcpa-viz source tree) was not found; run `tcpa-viz app` from the "
-        "repository root or `streamlit run app/dashboard.py` there."
-    )
+    """``launch`` of the dashboard package ``app`` (installed with tcpa-viz)."""
+    try:
+        from app.launch import launch
+    except ImportError as exc:
+        raise TCPAError(
+            f"The dashboard package `app` cannot be imported ({exc}); reinstall tcpa-viz with "
+            "`pip install -e .` from the repository root, or run `streamlit run app/dashboard.py` there."
+        ) from exc
+    return launch
 
 
 def _run_app(args: argparse.Namespace) -> int:

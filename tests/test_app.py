@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -146,9 +145,7 @@ def weights_of(checkpoint_dir: Path) -> str:
 
 
 def app_module(name: str) -> ModuleType:
-    """Import a module of the ``app`` folder (it sits next to the installed packages, not inside them)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """Import a module of the installed ``app`` package."""
     return importlib.import_module(name)
 
 
@@ -157,10 +154,12 @@ def test_main_view_renders_the_selection(app: AppTest) -> None:
     assert not app.error, [e.value for e in app.error]
     page = texts(app)
     assert "Selected patch (2, 2) at layer 1" in page
-    assert "CLS prompts" in page
+    assert "TCPA: its 3 selected image prompts" in str(app.get("plotly_chart")[1].proto.spec)
     assert "TCPA (tcpa/best) predicts" in page and "Baseline (vpt-deep/best) predicts" in page
     assert len(app.get("download_button")) >= 3
-    assert app.button(key="patch_3_3") is not None
+    assert not [b for b in app.button if b.key and b.key.startswith("patch_")], "no button per patch"
+    shares = " ".join(c.value for c in app.caption if "TCPA gives its selected prompts" in c.value)
+    assert "the baseline gives its 4 prompts" in shares
 
 
 def test_script_has_no_stray_strings() -> None:
@@ -173,47 +172,87 @@ def test_script_has_no_stray_strings() -> None:
     assert not stray, f"bare strings at lines {stray} of {DASHBOARD.name}"
 
 
+def test_sidebar_lists_the_view_registry(app: AppTest) -> None:
+    views = app_module("app.views")
+    names = [v.name for v in views.list_views()]
+    assert app.radio(key="view").options == [v.label for v in views.list_views()]
+    for name in names:
+        app.radio(key="view").set_value(name).run()
+        assert not app.exception, (name, [e.value for e in app.exception])
+        assert not app.error, (name, [e.value for e in app.error])
+    with pytest.raises(ValueError, match="registered twice"):
+        views.register_view(names[0], "again", order=0)(lambda ctx: None)
+
+
+def test_app_is_an_installed_package() -> None:
+    """``tcpa-viz app`` imports the dashboard as a package and the entry script edits no ``sys.path``."""
+    from tcpa_viz.cli import _dashboard_launcher
+
+    assert _dashboard_launcher() is app_module("app.launch").launch
+    assert "sys.path" not in DASHBOARD.read_text()
+
+
 def test_every_view_runs(app: AppTest) -> None:
-    app.radio(key="view").set_value("Attention").run()
-    app.toggle(key="att_3d").set_value(True).run()
+    app.radio(key="view").set_value("attention").run()
+    for panel in ("mask", "surface", "matrix"):
+        app.segmented_control(key="att_panel").set_value(panel).run()
+        assert not app.exception and not app.error, panel
     app.toggle(key="att_raw").set_value(True).run()
+    app.toggle(key="att_log").set_value(True).run()
+    app.toggle(key="att_smooth").set_value(True).run()
     app.selectbox(key="w_heads").set_value("1").run()
     app.radio(key="att_query").set_value("cls").run()
     assert not app.exception and not app.error
-    app.radio(key="view").set_value("Features (t-SNE)").run()
+    app.radio(key="view").set_value("selection").run()
+    for panel in ("cls", "map", "usage", "patch"):
+        app.segmented_control(key="sel_panel").set_value(panel).run()
+        assert not app.exception and not app.error, panel
+    app.radio(key="view").set_value("features").run()
     app.number_input(key="tsne_count").set_value(30).run()
     app.button(key="tsne_run").click().run()
     assert not app.exception and not app.error
-    assert len(app.dataframe) == 1
-    app.radio(key="view").set_value("Rank").run()
+    assert len(app.dataframe) == 2
+    per_class = app.dataframe[1].value
+    assert list(per_class.columns) == [str(c) for c in range(10)] and "images" in per_class.index
+    app.radio(key="view").set_value("rank").run()
     app.selectbox(key="rank_block").set_value("patches").run()
     app.selectbox(key="rank_measure").set_value("stable_rank").run()
     assert not app.exception and not app.error
-    app.radio(key="view").set_value("Models").run()
+    app.radio(key="view").set_value("models").run()
     assert not app.exception and not app.error
     table = app.dataframe[0].value
     assert "trainable parameters" in table.index and "test accuracy" in table.index
     assert list(table.loc["test accuracy"]) == ["20.00 %", "25.00 %"]
 
 
+def entries(values: list[int]) -> str:
+    """The selection line's bold list of image-pool entries."""
+    return "**" + ", ".join(f"img {v}" for v in values) + "**"
+
+
+def pick_patch(at: AppTest, row: int, col: int) -> None:
+    at.number_input(key="w_patch_row").set_value(row).run()
+    at.number_input(key="w_patch_col").set_value(col).run()
+
+
 def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> None:
     before = selection_line(app)
-    app.button(key="patch_0_3").click().run()
+    pick_patch(app, 0, 3)
     assert "Selected patch (0, 3) at layer 1" in texts(app)
     expected = expected_selection(demo_dir, 0, 0, 3, 1)
-    assert f"**{', '.join(map(str, expected))}**" in selection_line(app)
+    assert entries(expected) in selection_line(app)
     app.slider(key="w_layer").set_value(0).run()
     after_layer = selection_line(app)
     assert "Selected patch (0, 3) at layer 0" in texts(app)
-    assert f"**{', '.join(map(str, expected_selection(demo_dir, 0, 0, 3, 0)))}**" in after_layer
+    assert entries(expected_selection(demo_dir, 0, 0, 3, 0)) in after_layer
     app.number_input(key="w_patch_row").set_value(3).run()
     app.number_input(key="w_patch_col").set_value(1).run()
     assert "Selected patch (3, 1) at layer 0" in texts(app)
-    assert f"**{', '.join(map(str, expected_selection(demo_dir, 0, 3, 1, 0)))}**" in selection_line(app)
+    assert entries(expected_selection(demo_dir, 0, 3, 1, 0)) in selection_line(app)
     assert len({before, after_layer, selection_line(app)}) == 3
-    app.radio(key="view").set_value("Attention").run()
+    app.radio(key="view").set_value("attention").run()
     assert app.slider(key="w_layer").value == 0
-    assert "patch (3, 1)" in app.radio(key="att_query").options[0]
+    assert "Attention of patch (3, 1) at layer 0" in texts(app)
 
 
 def test_choosing_another_test_image(app: AppTest) -> None:
@@ -237,10 +276,11 @@ def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
 
 
 def test_upload_that_is_not_an_image(app: AppTest) -> None:
-    upload(app, "notes.txt", b"just some text, not pixels", "text/plain")
+    upload(app, "notes.png", b"just some text, not pixels", "image/png")
     errors = " ".join(e.value for e in app.error)
-    assert "notes.txt" in errors and "not an image" in errors
+    assert "notes.png" in errors and "not an image" in errors
     assert "Selected patch" in texts(app)
+    assert app.get("file_uploader")[0].key != "image_upload", "the rejected file is cleared (new uploader)"
 
 
 def test_decompression_bomb_upload(app: AppTest) -> None:
@@ -316,38 +356,43 @@ def test_export_builders(demo_dir: Path) -> None:
     csv = loading.assignments_csv(cache.layout, {l: cache["cls_assign", l] for l in range(2)},
                                   {l: cache["image_assign", l] for l in range(2)}, ["a", "b"]).decode()
     lines = csv.strip().splitlines()
-    assert lines[0].startswith("layer,image,token")
+    assert lines[0] == "layer,image,token,query_index,pool,selected,label,prediction"
     assert len(lines) == 1 + 2 * 2 * (1 + 16)
 
 
 def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     export = app_module("app.export")
     original = export.export_bar
-    shown: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+    shown: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def recording(figures: list[Any], key: str, stem: str, csv: dict[str, Any] | None = None) -> None:
-        shown[key] = (list(figures), dict(csv or {}))
+        seen, tables = shown.setdefault(key, ({}, {}))
+        seen.update({f.name: f for f in figures})
+        tables.update(csv or {})
         original(figures, key, stem, csv)
 
     for name in ("app.views.selection", "app.views.attention", "app.views.features", "app.views.rank"):
         monkeypatch.setattr(app_module(name), "export_bar", recording)
     app.run()
-    app.radio(key="view").set_value("Attention").run()
-    app.toggle(key="att_3d").set_value(True).run()
-    app.radio(key="view").set_value("Rank").run()
-    app.radio(key="view").set_value("Features (t-SNE)").run()
+    for panel in ("cls", "map", "usage"):
+        app.segmented_control(key="sel_panel").set_value(panel).run()
+    app.radio(key="view").set_value("attention").run()
+    for panel in ("mask", "surface"):
+        app.segmented_control(key="att_panel").set_value(panel).run()
+    app.radio(key="view").set_value("rank").run()
+    app.radio(key="view").set_value("features").run()
     app.number_input(key="tsne_count").set_value(20).run()
     app.button(key="tsne_run").click().run()
     assert not app.exception
     assert set(shown) == {"sel_export", "att_export", "rank_export", "tsne_export"}
-    names = [f.name for figures, _ in shown.values() for f in figures]
+    names = [name for figures, _ in shown.values() for name in figures]
     assert len(names) >= 14, names
     for figures, tables in shown.values():
-        for figure in figures:
+        for figure in figures.values():
             assert export.png_bytes(figure.matplotlib, dpi=50).startswith(b"\x89PNG"), figure.name
             assert export.html_text(figure.plotly).rstrip().endswith("</html>"), figure.name
         for _, build in tables.values():
-            assert build().startswith(b"layer,image,token,query_index,pool,selected")
+            assert build().startswith(b"layer,image,token,query_index,pool,selected,label,prediction")
 
 
 def test_launch_command_reaches_the_dashboard_options() -> None:
@@ -370,7 +415,7 @@ def test_demo_sized_model_follows_patch_and_layer_changes(tmp_path: Path, monkey
     demo = write_demo_dir(tmp_path, arch={}, pools=DEMO_POOLS, num_prompts=10)
     at = start(monkeypatch, demo)
     for r, c in [(1, 2), (5, 6), (7, 0)]:
-        at.button(key=f"patch_{r}_{c}").click().run()
+        pick_patch(at, r, c)
         assert f"Selected patch ({r}, {c})" in texts(at)
     for layer in (0, 3, 5):
         at.slider(key="w_layer").set_value(layer).run()

@@ -1,41 +1,57 @@
-"""Attention page: layer / head / query selectors; per model a 2D overlay of the query's attention, the
-whole attention matrix, an optional 3D surface of selected rows, and (TCPA) the mask; baseline and TCPA
-side by side."""
+"""Attention page: one query's attention to the patches of both models over the image, on one shared colour
+scale, with their difference; a click on any panel picks the patch (this view's own patch picker). Below, one
+panel at a time: the whole attention matrices (prompt columns labelled by pool entry, optional log scale),
+the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragment`` drawing two charts."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import numpy as np
 import streamlit as st
 
 from app import state
 from app.export import ExportFigure, export_bar
-from app.figures import mask_figure, mask_matplotlib
-from app.views import ViewContext
-from app.views.selection import CHART_CONFIG, layer_slider
+from app.figures import (
+    mask_figure,
+    mask_matplotlib,
+    matrix_figure,
+    matrix_matplotlib,
+    overlay_compare_figure,
+    overlay_compare_matplotlib,
+)
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG, head_options, head_text, layer_slider, parse_heads, patch_inputs
 from tcpa_viz import (
     default_surface_queries,
-    plot_attention_heatmap_matplotlib,
-    plot_attention_heatmap_plotly,
     plot_attention_surface_matplotlib,
     plot_attention_surface_plotly,
-    plot_overlay_matplotlib,
-    plot_overlay_plotly,
     token_attention,
 )
 
-
-def head_options(num_heads: int) -> list[str]:
-    """Choices of the head selector: ``mean``, ``max`` and every head index."""
-    return ["mean", "max", *[str(h) for h in range(num_heads)]]
+OVERLAY_CHART = "att_overlay"
+PANELS = {"matrix": "attention matrices", "mask": "TCPA mask", "surface": "3D rows", "none": "nothing"}
 
 
-def parse_heads(choice: str) -> str | int:
-    """Selector value -> the ``heads`` argument of tcpa_viz (``"mean"``, ``"max"`` or an int)."""
-    return choice if choice in ("mean", "max") else int(choice)
-
-
-def render(ctx: ViewContext) -> None:
+@register_view("attention", "Attention", order=20)
+def render(ctx: ImageContext) -> None:
     """Draw the attention page."""
     st.subheader("Attention")
+    body(ctx)
+
+
+def _reduce(attn: np.ndarray, heads: str | int) -> np.ndarray:
+    """``[H, Q, K]`` -> ``[Q, K]`` by the head choice."""
+    if heads == "mean":
+        return attn.mean(0)
+    if heads == "max":
+        return attn.max(0)
+    return attn[int(heads)]
+
+
+@st.fragment
+def body(ctx: ImageContext) -> None:
+    """Controls and charts (rerun alone when a control or the patch changes)."""
     models = ctx.models()
     depth = ctx.tcpa_capture.depth
     num_heads = min(lm.num_heads for _, lm, _ in models)
@@ -43,16 +59,19 @@ def render(ctx: ViewContext) -> None:
     if st.session_state.get(state.HEADS) not in options:
         st.session_state[state.HEADS] = "mean"
     row, col = state.patch()
-    top = st.columns([2, 1, 1.3, 1.2])
+    h, w = ctx.tcpa_capture.layout.grid_size
+    top = st.columns([2, 1, 1.2, 1.4])
     with top[0]:
         layer_slider(depth)
-    heads_choice = top[1].selectbox("Heads", options, **state.bound(state.HEADS))
+    heads_choice = top[1].selectbox("Heads", options, format_func=head_text, **state.bound(state.HEADS))
     query_choice = top[2].radio("Query token", ["patch", "cls"], horizontal=True, key="att_query", persist_state="page",
-                                format_func=lambda q: f"patch ({row}, {col})" if q == "patch" else "CLS")
+                                format_func=lambda q: "selected patch" if q == "patch" else "CLS")
     with top[3]:
         raw = st.toggle("Before the mask", key="att_raw", persist_state="page",
-                        help="TCPA: attention before the mask is applied")
-        show_3d = st.toggle("3D surface", key="att_3d", persist_state="page")
+                        help="TCPA: the attention softmax before the mask removes the unselected prompts")
+        smooth = st.toggle("Smooth overlay", key="att_smooth", persist_state="page",
+                           help="Off: every patch drawn as the block it is (the values as computed); on: "
+                                "interpolated for display")
     layer = state.layer()
     heads = parse_heads(heads_choice)
     query = (row, col) if query_choice == "patch" else "cls"
@@ -60,53 +79,65 @@ def render(ctx: ViewContext) -> None:
         st.info("This model has no CLS token; showing the selected patch instead.")
         query = (row, col)
     image = ctx.image
+    tag = f"layer {layer}, {head_text(heads_choice)}{', before the mask' if raw else ''}"
+    stem = f"{ctx.stem}_patch{row}-{col}_layer{layer}_{'head' + str(heads) if isinstance(heads, int) else heads}"
     figures: list[ExportFigure] = []
-    columns = st.columns(len(models))
-    for column, (role, lm, cap) in zip(columns, models, strict=True):
-        with column:
-            st.markdown(f"**{role}: {lm.info.label}** ({lm.method})")
+    grids, lines = [], []
+    for role, lm, cap in models:
+        ta = token_attention(cap.batch_attention(layer, raw=raw), cap.layout, query, heads=heads)
+        grids.append((f"{role} ({lm.method})", ta.grid[0].numpy()))
+        totals = {k: float(v[0]) for k, v in ta.group_totals().items()}
+        prompts = sum(totals[g] for g in ("cls_prompts", "image_prompts", "prompts"))
+        lines.append(f"**{role}** {ta.query_label}: patches {totals['patches']:.3f}, prompts {prompts:.3f}, "
+                     f"prefix {totals['prefix']:.3f}, row sum {float(ta.row_sum[0]):.3f}")
+    box = query if isinstance(query, tuple) else None
+    query_name = f"patch ({row}, {col})" if box else "CLS"
+    title = f"attention of {query_name} to the patches ({tag}); click a patch to choose it"
+    st.markdown(f"**Attention of {query_name} at layer {layer}, {head_text(heads_choice)}**"
+                + (" (before the mask)" if raw else ""))
+    fig = overlay_compare_figure(image.display, grids, box, smooth, title)
+    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, w, OVERLAY_CHART),
+                    selection_mode="points", config=CHART_CONFIG)
+    st.caption("  \n".join(lines) + "  \nOne colour scale for both models (0 to the larger maximum); the "
+               "difference panel is TCPA minus baseline. Row sums below 1: TCPA's mask removes the unselected "
+               "prompts' share without renormalising.")
+    figures.append(ExportFigure("overlays and difference", fig, lambda: overlay_compare_matplotlib(
+        image.display, grids, box, smooth, title)))
+    patch_inputs((h, w))
+
+    controls = st.columns([3, 1])
+    panel = controls[0].segmented_control("Lower panel", list(PANELS), format_func=PANELS.get, key="att_panel",
+                                          default="matrix")
+    log = controls[1].toggle("Log scale", key="att_log", persist_state="page", help="log10 of the matrix weights")
+    if panel == "matrix":
+        panels = [(f"{role} ({lm.method})", _reduce(cap.batch_attention(layer, raw=raw)[0].numpy(), heads), cap.layout)
+                  for role, lm, cap in models]
+        mx_title = f"attention matrices ({tag})"
+        fig = matrix_figure(panels, mx_title, log)
+        st.plotly_chart(fig, key="att_matrix", config=CHART_CONFIG)
+        figures.append(ExportFigure("attention matrices", fig, lambda: matrix_matplotlib(panels, mx_title, log)))
+    elif panel == "mask":
+        cap = ctx.tcpa_capture
+        mask = cap.mask[layer].numpy()
+        if mask.all():
+            st.caption(f"No mask: every query of {ctx.model.method!r} sees every key.")
+        else:
+            mk_title = f"TCPA mask, layer {layer} (dark = the query may attend to the key)"
+            fig = mask_figure(mask, cap.layout, mk_title)
+            st.plotly_chart(fig, key="att_mask", config=CHART_CONFIG)
+            figures.append(ExportFigure("TCPA mask", fig, lambda: mask_matplotlib(mask, cap.layout, mk_title)))
+    elif panel == "surface":
+        columns = st.columns(len(models))
+        for column, (role, _, cap) in zip(columns, models, strict=True):
             layout = cap.layout
             attn = cap.batch_attention(layer, raw=raw)
-            tag = f"{role}, layer {layer}, heads {heads}"
-            ta = token_attention(attn, layout, query, heads=heads)
-            box = query if isinstance(query, tuple) else None
-            title = f"{ta.query_label} attention to patches ({tag})"
-            fig = plot_overlay_plotly(image.display, ta.grid[0], box=box, title=title)
-            fig.update_layout(width=None, height=420)
-            st.plotly_chart(fig, key=f"att_overlay_{role}", config=CHART_CONFIG)
-            totals = {k: float(v[0]) for k, v in ta.group_totals().items()}
-            prompt_mass = sum(totals[g] for g in ("cls_prompts", "image_prompts", "prompts"))
-            st.caption(f"{ta.query_label}: patches {totals['patches']:.3f}, prompts {prompt_mass:.3f}, prefix "
-                       f"{totals['prefix']:.3f}, row sum {float(ta.row_sum[0]):.3f}")
-            figures.append(ExportFigure(f"{role} overlay", fig, lambda ta=ta, box=box, title=title:
-                                        plot_overlay_matplotlib(image.display, ta.grid[0], box=box, title=title)))
-
-            hm_title = f"attention matrix ({tag})"
-            fig = plot_attention_heatmap_plotly(attn, layout, heads=heads, title=hm_title)
+            rows = sorted({*default_surface_queries(layout), layout.patch_query_index(row, col)})
+            sf_title = f"{role}: attention rows in 3D ({tag})"
+            fig = plot_attention_surface_plotly(attn, layout, queries=rows, heads=heads, title=sf_title)
             fig.update_layout(width=None, height=480)
-            st.plotly_chart(fig, key=f"att_heatmap_{role}", config=CHART_CONFIG)
-            figures.append(ExportFigure(f"{role} attention matrix", fig,
-                                        lambda attn=attn, layout=layout, hm_title=hm_title:
-                                        plot_attention_heatmap_matplotlib(attn, layout, heads=heads, title=hm_title)))
-
-            if show_3d:
-                rows = sorted({*default_surface_queries(layout), layout.patch_query_index(row, col)})
-                sf_title = f"attention rows in 3D ({tag})"
-                fig = plot_attention_surface_plotly(attn, layout, queries=rows, heads=heads, title=sf_title)
-                fig.update_layout(width=None, height=520)
-                st.plotly_chart(fig, key=f"att_surface_{role}", config=CHART_CONFIG)
-                figures.append(ExportFigure(f"{role} 3D surface", fig,
-                                            lambda attn=attn, layout=layout, rows=rows, sf_title=sf_title:
-                                            plot_attention_surface_matplotlib(attn, layout, queries=rows,
-                                                                              heads=heads, title=sf_title)))
-
-            mask = cap.mask[layer].numpy()
-            if not mask.all():
-                mk_title = f"TCPA mask, layer {layer} (dark = allowed)"
-                fig = mask_figure(mask, layout, mk_title)
-                st.plotly_chart(fig, key=f"att_mask_{role}", config=CHART_CONFIG)
-                figures.append(ExportFigure(f"{role} mask", fig, lambda mask=mask, layout=layout, mk_title=mk_title:
-                                            mask_matplotlib(mask, layout, mk_title)))
-            else:
-                st.caption(f"No mask: every query of {lm.method!r} sees every key.")
-    export_bar(figures, key="att_export", stem=ctx.stem)
+            column.plotly_chart(fig, key=f"att_surface_{role}", config=CHART_CONFIG)
+            figures.append(ExportFigure(f"{role} 3D surface", fig,
+                                        lambda attn=attn, layout=layout, rows=rows, sf_title=sf_title:
+                                        plot_attention_surface_matplotlib(attn, layout, queries=rows,
+                                                                          heads=heads, title=sf_title)))
+    export_bar(figures, key="att_export", stem=stem)

@@ -8,9 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from app.loading import CheckpointInfo, LoadedModel, summary_test_accuracy
-
-POOL_FIELDS = ("cls_pool_size", "image_pool_size", "cls_topk", "image_topk", "prompt_length")
-TOKEN_METHODS = ("vpt-shallow", "vpt-deep", "vfpt")
+from app.views.registry import PageContext, register_view
+from tcpa_core import PromptConfig, TCPAError
 
 
 def _percent(value: Any) -> str:
@@ -25,11 +24,16 @@ def describe(info: CheckpointInfo, loaded: LoadedModel | None, summary: dict[str
     best = meta.get("best") or {}
     column: dict[str, Any] = {"checkpoint": info.label, "backbone": info.backbone,
                               "backbone fingerprint": info.fingerprint[:12]}
-    method = cfg.get("method")
-    fields = ("method", *(POOL_FIELDS if method in ("tcpa", "r-tcpa") else ()),
-              *(("num_prompts",) if method in TOKEN_METHODS else ()), "fourier", "input_prompt")
+    try:
+        spec = PromptConfig.from_dict(cfg).spec
+    except (TCPAError, TypeError, ValueError):
+        spec = None
+    if spec is not None:
+        column["method"] = spec.display_name
+        column["role"] = "TCPA family" if spec.role == "tcpa" else "baseline"
+    fields = [k for k in cfg if spec is None or k in spec.config_fields]
     for key in fields:
-        if key in cfg:
+        if key != "method" or spec is None:
             column[key] = str(cfg[key])
     column["classes"] = str(meta.get("num_classes", "-"))
     column["epoch"] = str(meta.get("epoch", "-"))
@@ -59,8 +63,10 @@ def merged_order(columns: list[dict[str, Any]]) -> list[str]:
     return order
 
 
-def render(entries: list[tuple[str, CheckpointInfo, LoadedModel | None]], summary: dict[str, Any]) -> None:
-    """Draw the comparison of ``(role, info, loaded model or None)`` entries."""
+@register_view("models", "Models", order=50, needs_image=False)
+def render(ctx: PageContext) -> None:
+    """Draw the comparison of the chosen checkpoints."""
+    entries, summary = ctx.entries, ctx.summary
     st.subheader("Models")
     if not entries:
         st.info("No model chosen.")

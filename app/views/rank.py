@@ -8,8 +8,8 @@ import streamlit as st
 from app import state
 from app.export import ExportFigure, export_bar
 from app.loading import rank_aggregate
-from app.views import ViewContext
-from app.views.selection import CHART_CONFIG
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG
 from tcpa_viz import plot_rank_vs_layer_matplotlib, plot_rank_vs_layer_plotly
 
 BLOCKS = {
@@ -21,7 +21,8 @@ BLOCKS = {
 MEASURES = ("effective_rank", "stable_rank", "numerical_rank", "energy_rank_0.9", "energy_rank_0.99")
 
 
-def render(ctx: ViewContext) -> None:
+@register_view("rank", "Rank", order=40)
+def render(ctx: ImageContext) -> None:
     """Draw the rank page."""
     st.subheader("Rank of the attention matrices per layer")
     if ctx.dataset is None:
@@ -38,8 +39,8 @@ def render(ctx: ViewContext) -> None:
     heads = controls[3].radio("Heads", ["per-head", "head-mean"], key="rank_heads", persist_state="page",
                               horizontal=True)
     aggregates = {}
-    for role, lm, _ in ctx.models():
-        if block == "prompts" and lm.method in ("none", "vp"):
+    for role, lm, cap in ctx.models():
+        if block == "prompts" and cap.layout.num_prompt_keys == 0:
             st.info(f"{lm.info.label} has no prompt columns; it is left out of this submatrix.")
             continue
         with st.spinner(f"Measuring {lm.info.label}..."):

@@ -1,8 +1,10 @@
 """Per-token prompt selection (the main page).
 
-The image with its patch grid (click a patch, or use the patch buttons / row and column inputs), the
-image prompts the selected patch chose at every layer and its attention at the chosen layer, the CLS
-token's CLS prompts per layer, the image coloured by selected prompt, and pool usage over a batch.
+The image with its patch grid (click a patch, or use the row and column inputs), the image prompts the
+selected patch chose at the chosen layer with their attention share next to the baseline's attention to each of
+its prompts, and one lower panel at a time (the patch's choices per layer, the CLS token's, the image coloured
+by selected prompt, pool usage over a batch). Everything that depends on the patch or the layer is one
+``st.fragment``: changing them reruns only this page body, and at most three charts are drawn per rerun.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -18,166 +21,204 @@ from app.export import ExportFigure, export_bar
 from app.figures import (
     image_grid_figure,
     image_grid_matplotlib,
+    key_labels,
+    prompt_share_figure,
     selection_map_figure,
     selection_map_matplotlib,
     selection_table_figure,
     selection_table_matplotlib,
 )
-from app.loading import assignments_csv, batch_selection
-from app.views import ViewContext
-from tcpa_viz import (
-    plot_pool_usage_matplotlib,
-    plot_pool_usage_plotly,
-    plot_token_attention_matplotlib,
-    plot_token_attention_plotly,
-    pool_sizes,
-    token_attention,
-)
+from app.loading import ImageCapture, assignments_csv, batch_selection
+from app.views.registry import ImageContext, register_view
+from app.widgets import CHART_CONFIG, layer_slider, patch_inputs
+from tcpa_viz import plot_pool_usage_matplotlib, plot_pool_usage_plotly, pool_sizes, token_attention
 
-MAX_BUTTON_GRID = 16
-"""Largest grid side for which a button per patch is drawn (bigger grids: row/column inputs and clicks)."""
-CHART_CONFIG = {"displayModeBar": False}
 BATCH_KEY = "sel_batch"
 DEFAULT_BATCH = 32
+PANELS = {
+    "patch": "image prompts of the patch, per layer",
+    "cls": "CLS prompts of the CLS token, per layer",
+    "map": "image coloured by selected prompt",
+    "usage": "pool usage over test images",
+}
+STATS = {
+    "entropy": ("entropy (bits)", "entropy of how often each pool entry is selected over all (image, token) "
+                "pairs; log2(pool size) when every entry is used equally"),
+    "entries_used": ("entries used", "pool entries selected at least once"),
+    "jaccard": ("mean Jaccard", "mean overlap |A∩B|/|A∪B| of the selected sets of two different images "
+                "(1 = every image selects the same set)"),
+    "distinct_sets": ("distinct sets", "number of different selected sets over the images (CLS token) or "
+                      "(image, patch) pairs"),
+}
 
 
-def patch_picker(grid_size: tuple[int, int], depth: int) -> None:
-    """Patch buttons (small grids), row/column inputs and the layer slider."""
-    h, w = grid_size
-    row, col = state.patch()
-    if max(h, w) <= MAX_BUTTON_GRID:
-        st.markdown("**Choose a patch**")
-        for r in range(h):
-            cells = st.columns(w, gap="xxsmall")
-            for c in range(w):
-                cells[c].button(f"{r},{c}", key=f"patch_{r}_{c}", on_click=state.select_patch, args=(r, c),
-                                type="primary" if (r, c) == (row, col) else "secondary", width="stretch")
-    left, right = st.columns(2)
-    left.number_input("Patch row", min_value=0, max_value=h - 1, step=1, **state.bound(state.PATCH_ROW))
-    right.number_input("Patch column", min_value=0, max_value=w - 1, step=1, **state.bound(state.PATCH_COL))
-    layer_slider(depth)
+def prompt_shares(cap: ImageCapture, layer: int, query: tuple[int, int], chosen: list[int] | None
+                  ) -> list[tuple[str, float]]:
+    """``(label, attention share)`` per prompt key for one patch query (mean over heads): the TCPA image-pool
+    entries in ``chosen`` order, or every prompt column of a model without per-token choices."""
+    layout = cap.layout
+    ta = token_attention(cap.batch_attention(layer), layout, query, heads="mean")
+    if chosen is not None:
+        weights = ta.pool_entry_weights("image_prompts")[0]
+        return [(f"img {e}", float(weights[e])) for e in chosen]
+    labels = key_labels(layout)
+    start = layout.num_prefix
+    row = cap.batch_attention(layer)[0].mean(0)[layout.patch_query_index(*query)]
+    return [(labels[start + j], float(row[start + j])) for j in range(layout.num_prompt_keys)]
 
 
-def layer_slider(depth: int) -> None:
-    """The shared layer selector."""
-    if depth > 1:
-        st.slider("Layer", min_value=0, max_value=depth - 1, step=1, **state.bound(state.LAYER))
-    else:
-        st.caption("Layer 0 (the model has one block)")
-
-
-def render(ctx: ViewContext) -> None:
+@register_view("selection", "Prompt selection", order=10)
+def render(ctx: ImageContext) -> None:
     """Draw the prompt-selection page."""
-    lm, cap, image = ctx.tcpa, ctx.tcpa_capture, ctx.image
+    st.subheader("Per-token prompt selection")
+    body(ctx)
+
+
+@st.fragment
+def body(ctx: ImageContext) -> None:
+    """Everything that follows the patch and the layer (reruns alone when they change)."""
+    lm, cap, image = ctx.model, ctx.tcpa_capture, ctx.image
     layout = cap.layout
     h, w = layout.grid_size
     row, col = state.patch()
     layer = state.layer()
     figures: list[ExportFigure] = []
+    stem = f"{ctx.stem}_patch{row}-{col}_layer{layer}"
 
-    st.subheader("Per-token prompt selection")
-    left, right = st.columns([1.15, 1])
+    left, right = st.columns([1, 1.5])
     with left:
         title = f"{image.name}: click a patch"
         grid_fig = image_grid_figure(image.display, (h, w), (row, col), title)
+        grid_fig.update_layout(height=380)
         st.plotly_chart(grid_fig, key=state.GRID_CHART, on_select=partial(state.on_grid_click, w),
                         selection_mode="points", config=CHART_CONFIG)
         figures.append(ExportFigure("image and patch grid", grid_fig,
                                     lambda: image_grid_matplotlib(image.display, (h, w), (row, col), image.name)))
-    with right:
-        patch_picker((h, w), cap.depth)
-
+        patch_inputs((h, w))
+        layer_slider(cap.depth)
     if not lm.has_selection or cap.image_assign is None:
-        st.info(f"The model {lm.info.label} uses method {lm.method!r}, which has no per-token prompt matching; "
-                "choose a TCPA checkpoint in the sidebar to see prompt selections. Its attention is shown in the "
-                "Attention view.")
-        export_bar(figures, key="sel_export", stem=ctx.stem)
+        with right:
+            st.info(f"The model {lm.info.label} uses method {lm.method!r}, which has no per-token prompt matching; "
+                    "choose a TCPA checkpoint in the sidebar to see prompt selections. Its attention is shown in "
+                    "the Attention view.")
+        export_bar(figures, key="sel_export", stem=stem)
         return
 
     cls_pool, image_pool = pool_sizes(layout)
     patch_index = row * w + col
-    chosen = cap.image_assign[layer, patch_index]
-    query = layout.patch_query_index(row, col)
-    st.markdown(f"#### Selected patch ({row}, {col}) at layer {layer}")
-    st.markdown(
-        f"Query row {query}. Image prompts selected by patch ({row}, {col}) at layer {layer} "
-        f"(most similar key first): **{', '.join(str(int(e)) for e in chosen)}**"
-    )
+    chosen = [int(e) for e in cap.image_assign[layer, patch_index]]
+    with right:
+        st.markdown(f"#### Selected patch ({row}, {col}) at layer {layer}")
+        st.markdown(f"Image prompts selected by patch ({row}, {col}) at layer {layer}, rank 1 (most similar key) "
+                    f"first: **{', '.join(f'img {e}' for e in chosen)}**")
+        tcpa_shares = prompt_shares(cap, layer, (row, col), chosen)
+        base = ctx.baseline_capture if ctx.baseline is not None else None
+        base_shares = prompt_shares(base, layer, (row, col), None) if base is not None else None
+        base_name = f"baseline {ctx.baseline.method}: all {len(base_shares)} prompts" if base_shares else "baseline"
+        share_title = f"attention share of patch ({row}, {col}) to each prompt, layer {layer}, mean over heads"
+        fig = prompt_share_figure(tcpa_shares, base_shares, share_title, base_name)
+        fig.layout.annotations[0].text = f"TCPA: its {len(chosen)} selected image prompts (rank order)"
+        st.plotly_chart(fig, key="sel_shares", config=CHART_CONFIG)
+        figures.append(ExportFigure("prompt attention shares", fig, lambda: share_matplotlib(
+            tcpa_shares, base_shares, share_title)))
+        total = sum(v for _, v in tcpa_shares)
+        line = f"TCPA gives its selected prompts {total:.3f} of this row"
+        if base_shares:
+            line += f"; the baseline gives its {len(base_shares)} prompts {sum(v for _, v in base_shares):.3f}"
+        elif ctx.baseline is not None:
+            line += f"; the baseline ({ctx.baseline.method}) has no prompt keys"
+        st.caption(line + ". Shares are attention weights after the mask, averaged over heads; TCPA rows sum to "
+                   "less than 1 because the unselected prompts' share is removed without renormalising.")
 
-    table, cls_table = st.columns(2)
-    with table:
+    panel = st.segmented_control("Lower panel", list(PANELS), format_func=PANELS.get, key="sel_panel",
+                                 default="patch")
+    if panel == "patch":
         assign = cap.image_assign[:, patch_index]
         name = f"image prompts chosen by patch ({row}, {col})"
         fig = selection_table_figure(assign, image_pool, f"{name}, per layer", highlight=layer)
         st.plotly_chart(fig, key="sel_patch_table", config=CHART_CONFIG)
         figures.append(ExportFigure("image prompts of the selected patch", fig,
                                     lambda: selection_table_matplotlib(assign, image_pool, name)))
-    with cls_table:
+    elif panel == "cls":
         if cap.cls_assign is not None:
             cls_assign = cap.cls_assign
             cls_name = "CLS prompts chosen by the CLS token"
             fig = selection_table_figure(cls_assign, cls_pool, f"{cls_name}, per layer", highlight=layer, pool="CLS")
             st.plotly_chart(fig, key="sel_cls_table", config=CHART_CONFIG)
-            st.caption(f"Layer {layer}: CLS prompts {', '.join(str(int(e)) for e in cls_assign[layer])}")
+            st.caption(f"Layer {layer}: CLS prompts {', '.join(f'cls {int(e)}' for e in cls_assign[layer])}")
             figures.append(ExportFigure(cls_name, fig,
                                         lambda: selection_table_matplotlib(cls_assign, cls_pool, cls_name, "CLS")))
         else:
             st.info("This model has no CLS token, so there is no CLS-pool selection.")
-
-    ta = token_attention(cap.batch_attention(layer), layout, (row, col), heads="mean")
-    att_title = f"attention of patch ({row}, {col}) at layer {layer} (mean over heads, after the TCPA mask)"
-    fig = plot_token_attention_plotly(image.display, ta, title=att_title)
-    fig.update_layout(width=None, height=430, margin=dict(l=10, r=10, t=80, b=10))
-    st.plotly_chart(fig, key="sel_attention", config=CHART_CONFIG)
-    totals = {k: float(v[0]) for k, v in ta.group_totals().items()}
-    st.caption(f"Attention mass of patch ({row}, {col}): selected image prompts {totals['image_prompts']:.3f}, "
-               f"patches {totals['patches']:.3f}, prefix {totals['prefix']:.3f}; row sum {float(ta.row_sum[0]):.3f} "
-               "(< 1: the mask removes the unselected prompts' share without renormalising).")
-    figures.append(ExportFigure("attention of the selected patch", fig,
-                                lambda: plot_token_attention_matplotlib(image.display, ta, title=att_title)))
-
-    map_col, usage_col = st.columns(2)
-    with map_col:
-        controls = st.columns(2)
-        mode = controls[0].radio("Colour patches by", ["top1", "set"], horizontal=True, key="sel_map_mode",
-                                 persist_state="page",
-                                 format_func=lambda m: "selected prompt" if m == "top1" else "selected set")
-        top_k = int(cap.image_assign.shape[-1])
-        rank_key = state.default("sel_map_rank", 0, 0, top_k - 1)
-        rank = controls[1].number_input("Rank in the top-k list", min_value=0, max_value=top_k - 1, step=1,
-                                        key=rank_key, persist_state="page", disabled=mode != "top1")
-        map_assign = cap.image_assign[layer]
-        what = f"prompt at rank {int(rank)} per patch" if mode == "top1" else "patches sharing a selected set"
-        map_title = f"layer {layer}: {what}"
-        fig = selection_map_figure(map_assign, layout, image.display, mode, int(rank), map_title)
-        st.plotly_chart(fig, key="sel_map", config=CHART_CONFIG)
-        figures.append(ExportFigure("image coloured by selected prompt", fig, lambda: selection_map_matplotlib(
-            map_assign, layout, image.display, mode, int(rank), map_title)))
-    with usage_col:
+    elif panel == "map":
+        map_panel(ctx, layer, figures)
+    elif panel == "usage":
         pool_usage_panel(ctx, figures)
 
-    export_bar(figures, key="sel_export", stem=ctx.stem, csv={
+    export_bar(figures, key="sel_export", stem=stem, csv={
         "CSV (this image)": ("assignments", lambda: assignments_csv(
             layout, {l: cap.cls_assign[l][None] for l in range(cap.depth)} if cap.cls_assign is not None else None,
-            {l: cap.image_assign[l][None] for l in range(cap.depth)}, [image.name])),
+            {l: cap.image_assign[l][None] for l in range(cap.depth)}, [image.name],
+            labels=[image.label], predictions=[int(np.argmax(cap.probs))])),
         **batch_csv(ctx),
     })
 
 
-def pool_usage_panel(ctx: ViewContext, figures: list[ExportFigure]) -> None:
-    """Pool usage of the TCPA model over the first N test images, with entropy and diversity numbers."""
+def share_matplotlib(tcpa: list[tuple[str, float]], baseline: list[tuple[str, float]] | None, title: str):
+    """Static version of the prompt-share bars."""
+    from matplotlib.figure import Figure
+
+    panels = [("TCPA (selected)", tcpa, "#1f77b4")] + ([("baseline", baseline, "#ff7f0e")] if baseline else [])
+    fig = Figure(figsize=(4 + 0.25 * sum(len(p[1]) for p in panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False,
+                        width_ratios=[max(len(p[1]), 1) for p in panels])[0]
+    for ax, (name, entries, colour) in zip(axes, panels, strict=True):
+        ax.bar([n for n, _ in entries], [v for _, v in entries], color=colour)
+        ax.set_title(name, fontsize="medium")
+        ax.tick_params(axis="x", labelrotation=90, labelsize="x-small")
+    axes[0].set_ylabel("attention share")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def map_panel(ctx: ImageContext, layer: int, figures: list[ExportFigure]) -> None:
+    """The image with every patch coloured by its selected prompt (or selected set) at ``layer``."""
+    cap, image = ctx.tcpa_capture, ctx.image
+    layout = cap.layout
+    controls = st.columns(2)
+    mode = controls[0].radio("Colour patches by", ["top1", "set"], horizontal=True, key="sel_map_mode",
+                             persist_state="page",
+                             format_func=lambda m: "prompt at a rank" if m == "top1" else "whole selected set")
+    top_k = int(cap.image_assign.shape[-1])
+    rank_key = state.default("sel_map_rank", 1, 1, top_k)
+    rank = int(controls[1].number_input(f"Rank in the top-k list (1-{top_k}, 1 = most similar)", min_value=1,
+                                        max_value=top_k, step=1, key=rank_key, persist_state="page",
+                                        disabled=mode != "top1"))
+    map_assign = cap.image_assign[layer]
+    what = f"image prompt at rank {rank} of every patch" if mode == "top1" else "patches with the same selected set"
+    map_title = f"layer {layer}: {what}"
+    fig = selection_map_figure(map_assign, layout, image.display, mode, rank, map_title)
+    st.plotly_chart(fig, key="sel_map", config=CHART_CONFIG)
+    figures.append(ExportFigure("image coloured by selected prompt", fig, lambda: selection_map_matplotlib(
+        map_assign, layout, image.display, mode, rank, map_title)))
+
+
+def pool_usage_panel(ctx: ImageContext, figures: list[ExportFigure]) -> None:
+    """Pool usage of the TCPA model over the first N test images, with every statistic defined."""
     if ctx.dataset is None:
         st.info("Pool usage needs the test set, which could not be opened.")
         return
-    lm = ctx.tcpa
+    lm = ctx.model
     total = len(ctx.dataset)
-    count = st.number_input("Images for pool usage", min_value=1, max_value=total, step=8,
-                            key=state.default(BATCH_KEY, min(DEFAULT_BATCH, total), 1, total), persist_state="page")
+    controls = st.columns(2)
+    count = controls[0].number_input("Test images for pool usage", min_value=1, max_value=total, step=8,
+                                     key=state.default(BATCH_KEY, min(DEFAULT_BATCH, total), 1, total),
+                                     persist_state="page")
+    pool = controls[1].radio("Pool", ["image", "cls"], horizontal=True, key="sel_pool", persist_state="page",
+                             format_func=lambda p: "image pool" if p == "image" else "CLS pool")
     with st.spinner("Running the batch..."):
         batch = batch_selection(lm.key, ctx.data_key, int(count), lm, ctx.dataset)
     stats = batch.stats
-    pool = st.radio("Pool", ["image", "cls"], horizontal=True, key="sel_pool", persist_state="page",
-                    format_func=lambda p: "image pool" if p == "image" else "CLS pool")
     if pool == "cls" and not batch.cls_assign:
         st.info("This model has no CLS token, so there is no CLS-pool usage.")
         return
@@ -187,23 +228,24 @@ def pool_usage_panel(ctx: ViewContext, figures: list[ExportFigure]) -> None:
     st.plotly_chart(fig, key="sel_usage", config=CHART_CONFIG)
     figures.append(ExportFigure(f"{pool} pool usage", fig,
                                 lambda: plot_pool_usage_matplotlib(stats, pool=pool, style="heatmap", title=title)))
-    columns = [c for c in (f"{pool}_entropy", f"{pool}_entries_used", f"{pool}_jaccard", f"{pool}_distinct_sets")
-               if any(c in s for s in stats)]
-    frame = pd.DataFrame([{c: s.get(c) for c in ["layer", *columns]} for s in stats]).set_index("layer")
+    present = {k: v for k, v in STATS.items() if any(f"{pool}_{k}" in s for s in stats)}
+    frame = pd.DataFrame([{"layer": s["layer"], **{label: s.get(f"{pool}_{k}") for k, (label, _) in present.items()}}
+                          for s in stats]).set_index("layer")
     st.dataframe(frame.round(3), width="stretch")
+    st.caption("  \n".join(f"**{label}**: {text}." for label, text in present.values()))
 
 
-def batch_csv(ctx: ViewContext) -> dict[str, tuple[str, Callable[[], bytes]]]:
-    """The CSV export of the batch assignments (when a batch was computed in this run)."""
-    if ctx.dataset is None or not ctx.tcpa.has_selection:
+def batch_csv(ctx: ImageContext) -> dict[str, tuple[str, Callable[[], bytes]]]:
+    """The CSV export of the batch assignments, with label and prediction columns."""
+    if ctx.dataset is None or not ctx.model.has_selection:
         return {}
     count = int(st.session_state.get(BATCH_KEY, min(DEFAULT_BATCH, len(ctx.dataset))))
-    lm, dataset, data_key = ctx.tcpa, ctx.dataset, ctx.data_key
+    lm, dataset, data_key = ctx.model, ctx.dataset, ctx.data_key
 
     def build() -> bytes:
         batch = batch_selection(lm.key, data_key, count, lm, dataset)
         return assignments_csv(batch.layout, batch.cls_assign or None, batch.image_assign,
-                               [f"test{i}" for i in range(batch.count)])
+                               [f"test{i}" for i in range(batch.count)], labels=batch.labels,
+                               predictions=batch.predictions)
 
     return {"CSV (batch)": (f"assignments_first_{count}_test_images", build)}
-

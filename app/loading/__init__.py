@@ -1,0 +1,51 @@
+"""Cached loading for the dashboard, one module per responsibility.
+
+:mod:`~app.loading.checkpoints` (which checkpoints exist; JSON headers only), :mod:`~app.loading.models`
+(loaded models shared by every session), :mod:`~app.loading.data` (test images and uploads),
+:mod:`~app.loading.captures` (what the models record on an image or a batch) and :mod:`~app.loading.analysis`
+(dataset-level numbers: features, t-SNE, rank). Heavy objects live in ``st.cache_resource`` and are never
+modified after creation; small picklable results use ``st.cache_data``.
+"""
+
+from app.loading.analysis import (
+    assignments_csv,
+    dataset_features,
+    dataset_labels,
+    rank_aggregate,
+    stratified_indices,
+    tsne,
+)
+from app.loading.captures import BatchSelection, ImageCapture, batch_selection, batches, capture_image
+from app.loading.checkpoints import (
+    CHECKPOINTS_ENV,
+    DEMO_DIR_ENV,
+    CheckpointInfo,
+    checkpoint_info,
+    default_choice,
+    demo_summary,
+    describe_checkpoint,
+    discover_checkpoints,
+    extra_checkpoint_paths,
+    resolve_demo_dir,
+    summary_test_accuracy,
+)
+from app.loading.data import (
+    PreparedImage,
+    dataset_image,
+    dataset_spec,
+    open_dataset,
+    to_display,
+    upload_digest,
+    upload_image,
+)
+from app.loading.models import LoadedModel, backbone_mismatch, load_model, model_data_config, parameter_counts
+
+__all__ = [
+    "CHECKPOINTS_ENV", "DEMO_DIR_ENV", "BatchSelection", "CheckpointInfo", "ImageCapture", "LoadedModel",
+    "PreparedImage", "assignments_csv", "backbone_mismatch", "batch_selection", "batches", "capture_image",
+    "checkpoint_info", "dataset_features", "dataset_labels",
+    "stratified_indices", "dataset_image", "dataset_spec", "default_choice", "demo_summary",
+    "describe_checkpoint", "discover_checkpoints", "extra_checkpoint_paths", "load_model", "model_data_config",
+    "open_dataset", "parameter_counts", "rank_aggregate", "resolve_demo_dir", "summary_test_accuracy", "to_display",
+    "tsne", "upload_digest", "upload_image",
+]

@@ -1,0 +1,111 @@
+"""Dataset-level numbers of the views (``st.cache_data``): features, t-SNE, rank tables and the assignment
+CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from threadpoolctl import threadpool_limits
+from torch.utils.data import Dataset
+
+from app.loading.captures import BATCH_SIZE, batches
+from app.loading.models import LoadedModel
+from tcpa_core import TokenLayout, capture
+from tcpa_viz import TSNEResult, aggregate_ranks, rank_table, run_tsne, write_assignments_csv
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def dataset_labels(data_key: str, _dataset: Dataset) -> np.ndarray:
+    """``[N]`` labels of the test set (from its ``targets``/``labels`` when it has them, else by reading it)."""
+    for name in ("targets", "labels"):
+        values = getattr(_dataset, name, None)
+        if values is not None and len(values) == len(_dataset):
+            return np.asarray([int(v) for v in values])
+    return np.asarray([int(_dataset[i][1]) for i in range(len(_dataset))])
+
+
+def stratified_indices(labels: np.ndarray, count: int) -> np.ndarray:
+    """``count`` test indices with the classes as balanced as the set allows: the indices of each class in
+    order, taken round-robin over the classes (deterministic, so the sample is the same on every rerun)."""
+    per_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    out: list[int] = []
+    while len(out) < count and any(per_class):
+        for queue in per_class:
+            if queue and len(out) < count:
+                out.append(int(queue.pop(0)))
+    return np.sort(np.asarray(out, dtype=np.int64))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def dataset_features(model_key: str, data_key: str, indices: tuple[int, ...], _loaded: LoadedModel,
+                     _dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pre-logits features ``[N, D]``, labels ``[N]`` and predictions ``[N]`` of the test images ``indices``."""
+    feats, labels, preds = [], [], []
+    for start in range(0, len(indices), BATCH_SIZE):
+        items = [_dataset[i] for i in indices[start:start + BATCH_SIZE]]
+        images = torch.stack([x for x, _ in items])
+        with _loaded.lock, torch.no_grad():
+            features = _loaded.model.forward_features(images)
+            preds.append(_loaded.model.head(features).argmax(-1))
+        feats.append(features.float())
+        labels.append(torch.tensor([int(y) for _, y in items]))
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(preds).numpy()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def tsne(model_key: str, data_key: str, indices: tuple[int, ...], perplexity: float, _loaded: LoadedModel,
+         _dataset: Dataset) -> tuple[TSNEResult, np.ndarray]:
+    """t-SNE (with silhouette and k-NN numbers) of the features of the test images ``indices``, and the
+    model's predictions on them.
+
+    scikit-learn runs single-threaded here: with torch's OpenMP runtime loaded in the same process, its
+    BLAS/OpenMP thread pools spin against each other and the embedding gets tens of times slower on 2 cores.
+    """
+    feats, labels, preds = dataset_features(model_key, data_key, indices, _loaded, _dataset)
+    with threadpool_limits(1):
+        return run_tsne(feats, labels, perplexity=perplexity, max_iter=500, n_jobs=1), preds
+
+
+@st.cache_data(max_entries=12, show_spinner=False)
+def rank_aggregate(model_key: str, data_key: str, count: int, block: str, _loaded: LoadedModel,
+                   _dataset: Dataset) -> list[dict[str, Any]]:
+    """Rank measures per layer (mean/std over images and heads, plus head-averaged matrices)."""
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    for images, _ in batches(_dataset, count):
+        with _loaded.lock, torch.no_grad(), capture(_loaded.model, names=("attn",)) as cache:
+            _loaded.model(images)
+        attn = {l: cache["attn", l] for l in cache.layers("attn")}
+        for row in rank_table(attn, cache.layout, block=block, include_head_mean=True):
+            rows.append({**row, "image": row["image"] + offset})
+        offset += images.shape[0]
+    return aggregate_ranks(rows)
+
+
+def assignments_csv(layout: TokenLayout, cls_assign: dict[int, Any] | None, image_assign: dict[int, Any] | None,
+                    image_ids: Sequence[Any], labels: Sequence[int | None] | None = None,
+                    predictions: Sequence[int] | None = None) -> bytes:
+    """CSV bytes of prompt assignments, one row per layer, image and token (``write_assignments_csv``), with
+    the image's ``label`` (empty for an upload) and the model's ``prediction`` appended to every row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_assignments_csv(Path(tmp) / "assignments.csv", cls_assign, image_assign, layout,
+                                     image_ids=list(image_ids))
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+    position = {str(i): n for n, i in enumerate(image_ids)}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*rows[0], "label", "prediction"])
+    for row in rows[1:]:
+        n = position[row[1]]
+        label = labels[n] if labels is not None else None
+        prediction = predictions[n] if predictions is not None else None
+        writer.writerow([*row, "" if label is None else label, "" if prediction is None else prediction])
+    return out.getvalue().encode()

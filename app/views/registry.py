@@ -1,0 +1,98 @@
+"""The registry of dashboard pages: each view module registers its ``render`` function with
+:func:`register_view`; the sidebar lists :func:`list_views` and the dashboard draws :func:`get_view`.
+
+Adding a page is one module under ``app/views/`` (imported by ``app/views/__init__.py``)::
+
+    @register_view("my-view", "My view", order=60)
+    def render(ctx: ImageContext) -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from app.loading import CheckpointInfo, ImageCapture, LoadedModel, PreparedImage
+
+
+@dataclass
+class PageContext:
+    """What every view gets: the chosen checkpoints (loaded or not), the demo summary and the test set."""
+
+    tcpa: LoadedModel | None
+    baseline: LoadedModel | None
+    entries: list[tuple[str, CheckpointInfo, LoadedModel | None]]
+    """``(role, checkpoint, loaded model or None)`` of the baseline (when chosen) and the TCPA model."""
+    summary: dict[str, Any]
+    dataset: Dataset | None
+    data_key: str
+
+
+@dataclass
+class ImageContext(PageContext):
+    """A page about the current image: both models' captures of it (the baseline's is ``None`` when absent)."""
+
+    image: PreparedImage
+    tcpa_capture: ImageCapture
+    baseline_capture: ImageCapture | None
+
+    @property
+    def model(self) -> LoadedModel:
+        """The TCPA model (always loaded for an image page)."""
+        assert self.tcpa is not None
+        return self.tcpa
+
+    def models(self) -> list[tuple[str, LoadedModel, ImageCapture]]:
+        """``(role, model, capture)`` for the baseline (when chosen) and the TCPA model, in that order."""
+        out = []
+        if self.baseline is not None and self.baseline_capture is not None:
+            out.append(("Baseline", self.baseline, self.baseline_capture))
+        out.append(("TCPA", self.model, self.tcpa_capture))
+        return out
+
+    @property
+    def stem(self) -> str:
+        """File-name stem for exports (the image's name)."""
+        return self.image.name.replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class View:
+    """A registered page: ``name`` (stable id, the sidebar's value), ``label`` (shown), ``render`` and whether it
+    needs the current image (``render`` then gets an :class:`ImageContext`, else a :class:`PageContext`)."""
+
+    name: str
+    label: str
+    render: Callable[[Any], None]
+    order: int
+    needs_image: bool = True
+
+
+VIEWS: dict[str, View] = {}
+
+
+def register_view(name: str, label: str, order: int, needs_image: bool = True
+                  ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Decorator registering ``render`` as the page ``name``; a second registration of a name is an error."""
+    def decorate(render: Callable[[Any], None]) -> Callable[[Any], None]:
+        if name in VIEWS:
+            raise ValueError(f"the dashboard view {name!r} is registered twice")
+        VIEWS[name] = View(name=name, label=label, render=render, order=order, needs_image=needs_image)
+        return render
+    return decorate
+
+
+def list_views() -> list[View]:
+    """Every registered view in sidebar order."""
+    return sorted(VIEWS.values(), key=lambda v: (v.order, v.name))
+
+
+def get_view(name: str) -> View:
+    """The view ``name`` (``KeyError`` naming the registered ones when unknown)."""
+    try:
+        return VIEWS[name]
+    except KeyError:
+        raise KeyError(f"unknown dashboard view {name!r}; registered: {', '.join(VIEWS)}") from None
