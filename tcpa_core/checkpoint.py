@@ -255,6 +255,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     missing = sorted(set(meta.get("trainable_keys", [])) - set(tensors))
     if missing:
         raise CheckpointError(f"The checkpoint {weights_path} is incomplete: tensors {missing[:4]} are missing.")
+    not_float = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if not_float:
+        raise CheckpointError(
+            f"The checkpoint {weights_path} holds tensors that are not floating point ({not_float[0]}: "
+            f"{tensors[not_float[0]].dtype}); prompts, keys and heads are float. The file was not written by "
+            "save_checkpoint or was edited; restore it from the run folder or train again."
+        )
     return tensors, meta
 
 

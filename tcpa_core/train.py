@@ -358,6 +358,8 @@ def check_writable_folder(folder: str | Path, option: str = "--out") -> None:
     written (checked by creating and removing a temporary file there, which also catches read-only file
     systems and folders only root could write)."""
     path = Path(folder).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise OutputPathError(f"{option} {path} is a broken symbolic link or a symbolic link loop; pass a real folder.")
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{option} {path} is a file; {option} needs a folder (pass a folder path).")
     probe = path

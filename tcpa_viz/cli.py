@@ -108,6 +108,13 @@ def _json_file(text: str) -> str:
     return text
 
 
+def _path_text(text: str) -> str:
+    """argparse type: a path that is not empty (an empty --out would write into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    return text
+
+
 POSITIVE = _whole(1)
 NON_NEGATIVE = _whole(0)
 
@@ -319,7 +326,8 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     _add_data_args(p)
     _add_prompt_args(p)
     _add_train_args(p)
-    p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
+    p.add_argument("--out", default="runs/train", type=_path_text, metavar="DIR",
+                   help="output folder (default runs/train)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue (or reuse) the run saved in --out")
     again.add_argument("--force", action="store_true",
@@ -569,7 +577,7 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
                                    "backbone, select by val, evaluate on test, write demo_out/summary.json, then "
                                    "figures 1, 3, 5, 6 and the rank report into demo_out/figures/. "
                                    "Finished runs with the same configuration are reused.")
-    p.add_argument("--out", default="demo_out", metavar="DIR")
+    p.add_argument("--out", default="demo_out", type=_path_text, metavar="DIR")
     p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
                    help=f"comma-separated methods (default {','.join(DEMO_METHODS)})")
     p.add_argument("--epochs", type=POSITIVE, default=10)

@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tcpa_core import TCPAError
-from tcpa_core.checkpoint import check_same_backbone, load_checkpoint
+from tcpa_core.checkpoint import check_same_backbone, load_checkpoint, read_checkpoint_meta
 from tcpa_core.data.transforms import load_image, to_rgb
 from tcpa_core.errors import BackboneMismatchError, RunLockedError
 from tcpa_core.run_lock import LOCK_FILE, RunLock
@@ -74,6 +74,12 @@ def _with_meta(src: Path, dst: Path, edit: Callable[[dict[str, Any]], Any] | Non
     dst.mkdir(parents=True)
     save_file(tensors, str(dst / "model.safetensors"), metadata={"tcpa_meta": raw})
     return dst
+
+
+def _symlink_loop(path: Path) -> Path:
+    if not path.is_symlink():
+        path.symlink_to(path)
+    return path
 
 
 def _png(path: Path, value: int = 128) -> Path:
@@ -126,6 +132,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     _with_meta(best, edited / "unknown_method", lambda m: m["prompt_config"].update(method="nope"))
     _with_meta(best, edited / "missing_field", lambda m: m.pop("prompt_config"))
     _with_meta(best, edited / "class_names", lambda m: m.update(class_names=["0", "1"]))
+    _with_meta(best, edited / "format_version_text", lambda m: m.update(format_version="1"))
+    integer = _with_meta(best, edited / "integer_tensors", lambda m: None)
+    save_file({k: v.long() for k, v in load_file(str(integer / "model.safetensors")).items()},
+              str(integer / "model.safetensors"), metadata={"tcpa_meta": json.dumps(read_checkpoint_meta(best))})
     r["inputs"], r["edited"] = inputs, edited
     r["scratch"] = root / "scratch"
     return r
@@ -218,6 +228,15 @@ CLI_CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("train-num-workers-negative", lambda r: _train_args(r, r["scratch"] / "e", "--num-workers", "-1"),
      "--num-workers"),
     ("eval-model-missing", lambda r: ["eval", "--model", str(r["scratch"] / "nothing")], "does not exist"),
+    ("train-out-empty", lambda r: _train_args(r, Path("")) [:-3] + ["--out", "", "--no-progress"], "empty string"),
+    ("train-out-symlink-loop", lambda r: _train_args(r, _symlink_loop(r["inputs"] / "loop")), "symbolic link loop"),
+    ("train-seed-negative", lambda r: _train_args(r, r["scratch"] / "e", "--seed", "-1"), "--seed: must be >= 0"),
+    ("train-lr-inf", lambda r: _train_args(r, r["scratch"] / "e", "--lr", "inf"), "--lr: must be a finite number"),
+    ("demo-method-twice", lambda r: ["demo", "--methods", "tcpa,tcpa"], "listed more than once"),
+    ("meta-format-version-text", lambda r: ["eval", "--model", str(r["edited"] / "format_version_text")],
+     "format_version must be a whole number"),
+    ("checkpoint-integer-tensors", lambda r: ["eval", "--model", str(r["edited"] / "integer_tensors")],
+     "not floating point"),
     ("train-resume-other-config", lambda r: _train_args(r, r[T], "--seed", "1", "--lr", "0.5", "--resume"),
      "different run"),
 ]
