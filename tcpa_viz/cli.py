@@ -640,7 +640,7 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     baseline, tcpa = _single(args.baseline, "--baseline"), _single(args.tcpa, "--tcpa")
     name, root = _single(args.dataset, "--dataset"), _single(args.data_root, "--data-root")
     base, tc = load_pair(baseline, tcpa, args.demo_dir, backbone=args.backbone, backbone_weights=args.checkpoint)
-    _check_pair(base, tc, getattr(args, "layer", None))
+    _check_layer(base, getattr(args, "layer", None))
     data = DataSpec(name=name, root=None if root in (None, "-") else root, split=args.split) if name else None
     if data is None and args.split != "test":
         data = DataSpec.from_meta(base.meta, args.split)
@@ -648,12 +648,10 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"baseline": base, "tcpa": tc, "data": data, "out_dir": out, "demo_dir": args.demo_dir}
 
 
-def _check_pair(base: Any, tcpa: Any, layer: int | None) -> None:
-    """Both checkpoints on one backbone, and ``layer`` (``--layer``) a block both have."""
-    from tcpa_core.checkpoint import check_same_backbone
+def _check_layer(base: Any, layer: int | None) -> None:
+    """``layer`` (``--layer``) is a block of the (shared) backbone."""
     from tcpa_viz.figures import FigureArgumentError
 
-    check_same_backbone(base, tcpa)
     depth = len(base.model.backbone.blocks)
     if layer is not None and not -depth <= layer < depth:
         raise FigureArgumentError(f"--layer {layer} is out of range: the backbone has {depth} blocks; pass a layer "
@@ -661,6 +659,7 @@ def _check_pair(base: Any, tcpa: Any, layer: int | None) -> None:
 
 
 def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
+    from tcpa_core.checkpoint import check_same_backbone
     from tcpa_viz.figures import CLUTTER_SUBJECT, clutter_rows, load_pair, load_run, rows_from_args
 
     loaded: dict[str, Any] = {}
@@ -676,10 +675,9 @@ def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
         base = get(args.baseline[0]) if args.baseline else None
         tc = get(args.tcpa[0]) if args.tcpa else None
         pair = load_pair(base, tc, args.demo_dir)
-        _check_pair(*pair, None)
         return clutter_rows(*pair, split=args.split), CLUTTER_SUBJECT
     for b, t in zip(args.baseline, args.tcpa, strict=False):
-        _check_pair(get(b), get(t), None)
+        check_same_backbone(get(b), get(t))
     rows = rows_from_args(args.dataset, args.data_root, [get(b) for b in args.baseline],
                           [get(t) for t in args.tcpa], split=args.split)
     return rows, None
