@@ -312,13 +312,15 @@ def _demo_train_config(args: argparse.Namespace) -> Any:
 
 
 def _demo_prompt_config(args: argparse.Namespace, method: str) -> PromptConfig:
-    """The demo's settings for ``method``: the pool sizes and top-k for every method with prompt pools (the TCPA
-    family), the number of prompts for the others."""
-    if PromptConfig.from_dict({"method": method}).uses_pools:
-        return PromptConfig.from_dict({"method": method, "cls_pool_size": args.cls_pool_size,
-                                       "image_pool_size": args.image_pool_size, "cls_topk": args.cls_topk,
-                                       "image_topk": args.image_topk, "prompt_length": 1})
-    return PromptConfig.from_dict({"method": method, "num_prompts": args.num_prompts})
+    """The demo's settings for ``method``: of the demo's pool sizes, top-k, prompt length (1) and number of
+    prompts, those the method reads (its ``config_fields`` in the method registry)."""
+    from tcpa_core.methods import get_method
+
+    settings = {"cls_pool_size": args.cls_pool_size, "image_pool_size": args.image_pool_size,
+                "cls_topk": args.cls_topk, "image_topk": args.image_topk, "prompt_length": 1,
+                "num_prompts": args.num_prompts}
+    fields = get_method(method).config_fields
+    return PromptConfig.from_dict({"method": method, **{k: v for k, v in settings.items() if k in fields}})
 
 
 def _run_demo(args: argparse.Namespace) -> int:
