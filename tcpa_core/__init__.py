@@ -10,10 +10,14 @@ from .errors import (
     CaptureError,
     CheckpointError,
     DatasetError,
+    DeviceError,
     EmptyDatasetError,
     ImageFormatError,
     InputShapeError,
+    OutputPathError,
     PromptConfigError,
+    RunExistsError,
+    RunLockedError,
     TCPAError,
     TrainConfigError,
     TrainingError,
@@ -23,6 +27,7 @@ from .intervene import intervene
 from .layout import TokenLayout
 from .methods import PromptMethod, get_method, list_methods, register_method
 from .model import PromptedViT, build_model
+from .run_lock import RunLock
 from .train import EvalResult, TrainConfig, evaluate, extract_features
 
 __all__ = [
@@ -32,4 +37,5 @@ __all__ = [
     "EmptyDatasetError", "ImageFormatError", "InputShapeError", "PromptConfigError", "TCPAError", "TrainConfigError",
     "TrainingError", "UnsupportedModelError",
     "load_checkpoint", "save_checkpoint", "EvalResult", "TrainConfig", "evaluate", "extract_features",
+    "DeviceError", "OutputPathError", "RunExistsError", "RunLockedError", "RunLock",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -35,8 +36,10 @@ from torch import nn
 
 from .backbone import DEMO_BACKBONE
 from .config import PromptConfig
-from .errors import BackboneMismatchError, CheckpointError, UnsupportedModelError
-from .weights_io import backbone_fingerprint
+from .errors import BackboneMismatchError, CheckpointError, TCPAError, UnsupportedModelError
+from .weights_io import backbone_fingerprint, torch_file_kind
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .model import PromptedViT
@@ -116,6 +119,13 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
         return path, path.with_suffix(".json")
+    if path.is_file() and path.suffix != ".json":
+        kind = "a PyTorch weight file" if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".npz") else "a file"
+        raise CheckpointError(
+            f"{path} is {kind}, not a tcpa-viz prompt checkpoint (a folder with {WEIGHTS_FILE} and {META_FILE}, "
+            "or a .safetensors file written by save_checkpoint). Backbone weight files go to --checkpoint FILE; "
+            "--model takes the folder written by `tcpa-viz train`."
+        )
     if path.suffix == ".json":
         if path.name == META_FILE:
             return path.parent / WEIGHTS_FILE, path
@@ -263,6 +273,70 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return _parse_meta(header.get(META_KEY), weights_path)
 
 
+def _bad_meta(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint {path} has invalid metadata: {problem}. The metadata used is the JSON stored inside the "
+        f".safetensors file (under '{META_KEY}'; {META_FILE} is only a copy); restore the file from the run folder "
+        "(best/ or last/) or a backup, or train again."
+    )
+
+
+def validate_meta(meta: Any, path: str | Path = "<checkpoint>") -> dict[str, Any]:
+    """Check the types and values of a checkpoint's JSON description; returns it, or raises CheckpointError
+    naming the first field that is missing or wrong (metadata edited by hand, or written by another tool)."""
+    path = Path(path)
+    if not isinstance(meta, dict):
+        raise _bad_meta(path, f"expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tcpa-viz checkpoint (format {meta.get('format')!r}).")
+    version_ = meta.get("format_version")
+    if isinstance(version_, bool) or not isinstance(version_, int):
+        raise _bad_meta(path, f"format_version must be a whole number, got {version_!r}")
+    if version_ > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer tcpa-viz (format {version_}); upgrade tcpa-viz.")
+    missing = [k for k in ("prompt_config", "backbone", "num_classes", "trainable_keys") if k not in meta]
+    if missing:
+        raise _bad_meta(path, f"the field(s) {', '.join(missing)} are missing")
+    num_classes = meta["num_classes"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise _bad_meta(path, f"num_classes must be a whole number >= 1, got {num_classes!r}")
+    keys = meta["trainable_keys"]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _bad_meta(path, "trainable_keys must be a list of tensor names")
+    backbone = meta["backbone"]
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str) or not backbone["name"]:
+        raise _bad_meta(path, "backbone must be an object with a timm model 'name'")
+    for key, kind in (("fingerprint", str), ("weights", str), ("kwargs", dict), ("data_config", dict)):
+        if backbone.get(key) is not None and not isinstance(backbone[key], kind):
+            raise _bad_meta(path, f"backbone.{key} must be a {kind.__name__}, got {backbone[key]!r}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                              or len(names) != num_classes):
+        raise _bad_meta(path, f"class_names must be a list of {num_classes} strings (num_classes), got {names!r}")
+    if not isinstance(meta["prompt_config"], dict):
+        raise _bad_meta(path, f"prompt_config must be an object, got {meta['prompt_config']!r}")
+    try:
+        PromptConfig.from_dict(meta["prompt_config"])
+    except (TCPAError, TypeError, ValueError, KeyError) as exc:
+        raise _bad_meta(path, f"prompt_config is not valid ({exc})") from exc
+    return meta
+
+
+def _check_sidecar(weights_path: Path, meta: dict[str, Any]) -> None:
+    """Warn when the readable JSON copy beside the weights differs from the metadata inside them."""
+    json_path = weights_path.parent / META_FILE if weights_path.name == WEIGHTS_FILE else \
+        weights_path.with_suffix(".json")
+    if not json_path.is_file():
+        return
+    try:
+        copy = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        copy = None
+    if copy != meta:
+        logger.warning("warning: %s differs from the metadata stored in %s, which is what is used (edits to %s "
+                       "have no effect)", json_path, weights_path.name, json_path.name)
+
+
 def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
     if not text:
         raise CheckpointError(
@@ -272,13 +346,9 @@ def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"The checkpoint {path} has unreadable metadata ({exc}).") from exc
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a tcpa-viz checkpoint (format {meta.get('format')!r}).")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer tcpa-viz (format {meta['format_version']}); upgrade tcpa-viz."
-        )
+        raise _bad_meta(path, f"it is not valid JSON ({exc})") from exc
+    meta = validate_meta(meta, path)
+    _check_sidecar(path, meta)
     return meta
 
 
@@ -364,6 +434,57 @@ def load_checkpoint(
     return model.to(device).eval()
 
 
+# ------------------------------------------------------------------------------------------ comparing two
+def _backbone_facts(model: Any) -> dict[str, Any]:
+    """What must agree between two models drawn side by side; ``model`` is a ``PromptedViT`` or an object
+    with a ``.model`` attribute holding one (such as the figures' ``LoadedModel``)."""
+    inner = getattr(model, "model", model)
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        inner = inner.module
+    backbone = getattr(inner, "backbone", None)
+    if backbone is None:
+        raise CheckpointError(f"Expected a prompted ViT (with a .backbone), got {type(inner).__name__}.")
+    embed = getattr(backbone, "patch_embed", None)
+    meta = getattr(inner, "checkpoint_meta", None) or {}
+    recorded = (meta.get("backbone") or {}).get("fingerprint")
+    return {
+        "name": (meta.get("backbone") or {}).get("name") or getattr(inner, "backbone_name", None),
+        "input size": tuple(int(v) for v in getattr(embed, "img_size", ()) or ()),
+        "patch size": tuple(int(v) for v in getattr(embed, "patch_size", ()) or ()),
+        "patch grid": tuple(int(v) for v in getattr(embed, "grid_size", ()) or ()),
+        "width": int(getattr(backbone, "embed_dim", 0) or getattr(backbone, "num_features", 0)),
+        "depth": len(getattr(backbone, "blocks", ())),
+        "fingerprint": recorded or backbone_fingerprint(backbone),
+    }
+
+
+def check_same_backbone(a: Any, b: Any, what: tuple[str, str] = ("baseline", "TCPA")) -> None:
+    """Refuse to compare two models that do not share their backbone.
+
+    ``a`` and ``b`` are ``PromptedViT`` models (or objects with a ``.model`` holding one). They must agree on
+    the input size, patch size and grid, width and depth, and on the backbone weights (fingerprint): a figure
+    or rank report that puts them side by side is otherwise comparing backbones, not prompting methods.
+    Raises BackboneMismatchError listing every difference.
+    """
+    fa, fb = _backbone_facts(a), _backbone_facts(b)
+
+    def show(value: Any) -> str:
+        if isinstance(value, tuple):
+            return "x".join(map(str, value)) or "?"
+        return str(value)[:12] if value is not None else "?"
+
+    diffs = [f"{key} {show(fa[key])} vs {show(fb[key])}" for key in
+             ("input size", "patch size", "patch grid", "width", "depth") if fa[key] != fb[key]]
+    if not diffs and fa["fingerprint"] != fb["fingerprint"]:
+        diffs.append(f"backbone weights (fingerprint {show(fa['fingerprint'])} vs {show(fb['fingerprint'])})")
+    if diffs:
+        raise BackboneMismatchError(
+            f"The {what[0]} ({fa['name']}) and the {what[1]} ({fb['name']}) checkpoints were trained on different "
+            f"backbones: {'; '.join(diffs)}. Comparing them side by side would compare backbones, not prompting "
+            "methods; pass two checkpoints trained on the same backbone (same --backbone and --checkpoint)."
+        )
+
+
 # ------------------------------------------------------------------------------------------ training state
 def save_training_state(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write the resume state (tensors, numbers, strings, lists, dicts) atomically with ``torch.save``."""
@@ -375,6 +496,11 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No training state at {path}; train without --resume to start from scratch.")
+    if torch_file_kind(path) is None:
+        raise CheckpointError(
+            f"The training state {path} is not a file written by torch.save (empty, text or another format); "
+            "delete it and train again without --resume, or restore it from a backup."
+        )
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -393,6 +519,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "atomic_write", "atomic_write_json",
-    "checkpoint_files", "describe_backbone", "load_checkpoint", "load_training_state", "read_checkpoint",
-    "read_checkpoint_meta", "save_checkpoint", "save_training_state",
+    "check_same_backbone", "checkpoint_files", "describe_backbone", "load_checkpoint", "load_training_state",
+    "read_checkpoint",
+    "read_checkpoint_meta", "save_checkpoint", "save_training_state", "validate_meta",
 ]

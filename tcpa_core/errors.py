@@ -54,3 +54,19 @@ class TrainConfigError(TCPAError, ValueError):
 
 class TrainingError(TCPAError, RuntimeError):
     """Training failed (e.g. the loss became NaN or infinite)."""
+
+
+class RunLockedError(TCPAError, RuntimeError):
+    """A run folder that another live process is writing (its lock names the holder)."""
+
+
+class RunExistsError(TCPAError, FileExistsError):
+    """A run folder that already holds a run, which a new run would replace (use --resume or --force)."""
+
+
+class DeviceError(TCPAError, ValueError):
+    """A device string that torch does not know, or a device this machine does not have."""
+
+
+class OutputPathError(TCPAError, OSError):
+    """An output path that names a file where a folder is needed (or the reverse), or that cannot be written."""

@@ -21,9 +21,13 @@ selection, mixup).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass, field
@@ -59,8 +63,18 @@ from .distributed import (
     is_main_process,
     shard_indices,
 )
-from .errors import CheckpointError, DatasetError, EmptyDatasetError, TrainConfigError, TrainingError
+from .errors import (
+    CheckpointError,
+    DatasetError,
+    DeviceError,
+    EmptyDatasetError,
+    OutputPathError,
+    RunExistsError,
+    TrainConfigError,
+    TrainingError,
+)
 from .model import PromptedViT, unwrap_model
+from .run_lock import RunLock
 from .weights_io import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -69,6 +83,8 @@ STATE_FILE = "train_state.pt"
 SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
 LAST_DIR = "last"
+RUN_FILES = (STATE_FILE, SUMMARY_FILE, BEST_DIR, LAST_DIR)
+"""What a run folder holds; a new run into a folder with any of them needs ``resume`` or ``overwrite``."""
 STATE_VERSION = 1
 # TrainConfig fields that may change between a run and its resumption without changing the result.
 _RESUME_FREE = ("num_workers", "progress", "device", "eval_batch_size")
@@ -109,10 +125,22 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise TrainConfigError for values that cannot work."""
+        for name in ("epochs", "batch_size", "random_epochs", "seed", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TrainConfigError(f"{name} must be a whole number, got {value!r}.")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "pool_loss_weight", "mixup_alpha",
+                     "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise TrainConfigError(f"{name} must be a finite number, got {value!r}.")
+        if self.grad_clip is not None and not math.isfinite(self.grad_clip):
+            raise TrainConfigError(f"grad_clip must be a finite number or None, got {self.grad_clip!r}.")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
@@ -214,6 +242,11 @@ def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
         )
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise TrainConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+
+
 def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, list | tuple) or len(batch) < 2:
         raise DatasetError("Dataset items must be (image, label) pairs.")
@@ -223,11 +256,130 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> this process's GPU when available, else CPU; anything else as given (a bare
-    ``"cuda"`` gets the current device's index)."""
-    resolved = default_device() if str(device) == "auto" else torch.device(device)
+    ``"cuda"`` gets the current device's index).
+
+    Raises DeviceError for a string torch does not know, a device type other than cpu/cuda/mps, or a
+    device this machine does not have (``cuda`` without a GPU, ``cuda:3`` on a two-GPU machine).
+    """
+    text = str(device)
+    if text == "auto":
+        return _with_cuda_index(default_device())
+    hint = "use --device auto, cpu, cuda, cuda:N or mps"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DeviceError(f"Unknown device {text!r}; {hint}.") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"Device {text!r} was asked for but this machine has no usable CUDA GPU; use "
+                              "--device cpu (or auto, which picks a GPU only when there is one).")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(f"Device {text!r} does not exist: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}.")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"Device {text!r} (Apple GPU) is not available here; use --device cpu or auto.")
+    elif resolved.type != "cpu":
+        raise DeviceError(f"Device type {resolved.type!r} is not supported; {hint}.")
+    return _with_cuda_index(resolved)
+
+
+def _with_cuda_index(resolved: torch.device) -> torch.device:
     if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", torch.cuda.current_device())
     return resolved
+
+
+def _count_classes(dataset: Dataset) -> int | None:
+    """Number of distinct labels of a dataset that lists its ``targets`` (also through ``Subset``),
+    without decoding an image; None when it does not."""
+    if isinstance(dataset, Subset):
+        targets = getattr(dataset.dataset, "targets", None)
+        if targets is None:
+            return None
+        return len({int(targets[i]) for i in dataset.indices})
+    targets = getattr(dataset, "targets", None)
+    return None if targets is None else len({int(t) for t in targets})
+
+
+def check_classes(num_classes: int, train_set: Dataset) -> None:
+    """Refuse a classification task with fewer than two classes (it would train to a meaningless 100 %)."""
+    if num_classes < 2:
+        raise DatasetError(
+            f"The task has {num_classes} class(es); a classifier needs at least two. Check --dataset and "
+            "--data-root (an image folder needs one sub-folder per class)."
+        )
+    seen = _count_classes(train_set)
+    if seen is not None and seen < 2:
+        raise DatasetError(
+            f"The training split has images of only {seen} class(es) out of {num_classes}; add images of the "
+            "other classes (or raise --max-samples)."
+        )
+
+
+def describe_run(out_dir: str | Path) -> str | None:
+    """One phrase describing the run saved in ``out_dir`` (files, epochs, accuracy), None when empty."""
+    out = Path(out_dir)
+    present = [f"{name}/" if (out / name).is_dir() else name for name in RUN_FILES if (out / name).exists()]
+    if not present:
+        return None
+    try:
+        info = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        info = {}
+    if isinstance(info, dict) and info.get("epochs"):
+        state = "finished" if info.get("finished") else "unfinished"
+        acc = info.get("best_val_acc")
+        acc_text = f", best val accuracy {100 * acc:.2f}%" if isinstance(acc, int | float) else ""
+        what = (f"a {state} {info.get('method', '?')} run ({info.get('epochs_done', '?')}/{info['epochs']} "
+                f"epochs{acc_text})")
+    else:
+        what = "a run"
+    return f"{what} in {', '.join(present)}"
+
+
+def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a folder that already holds one (unless ``resume`` or ``overwrite``),
+    and an ``out_dir`` that is a file or cannot be written. Cheap: call it before any expensive work."""
+    out = Path(out_dir).expanduser()
+    check_writable_folder(out, "--out")
+    existing = describe_run(out)
+    if existing is None or resume or overwrite:
+        return
+    raise RunExistsError(
+        f"{out} already holds {existing}; a new run would replace them. Pass --resume to continue (or reuse) "
+        "it, --force to replace it, or another --out folder."
+    )
+
+
+def check_writable_folder(folder: str | Path, option: str = "--out") -> None:
+    """Raise OutputPathError when ``folder`` is a file or neither it nor its nearest existing parent can be
+    written (checked by creating and removing a temporary file there, which also catches read-only file
+    systems and folders only root could write)."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is a file; {option} needs a folder (pass a folder path).")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(f"{option} {path} cannot be created: {probe} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path} cannot be written ({exc.strerror or exc} in {probe}); pass a folder "
+                              "you can write to.") from exc
+
+
+def _clear_run(out: Path) -> None:
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def _seed_all(seed: int) -> None:
@@ -300,6 +452,7 @@ def evaluate(
     the result counts each sample exactly once whatever the world size.
     """
     total = _check_dataset(dataset, "evaluation")
+    _check_batch_size(batch_size)
     inner = unwrap_model(model)
     device = torch.device(device) if device is not None else next(inner.parameters()).device
     loss_sum, correct, preds = 0.0, 0, []
@@ -339,6 +492,7 @@ def extract_features(
     every process receives the full result.
     """
     total = _check_dataset(dataset, "feature")
+    _check_batch_size(batch_size)
     if isinstance(model, nn.Module):
         inner = unwrap_model(model)
         where = torch.device(device) if device is not None else next(inner.parameters()).device
@@ -410,6 +564,25 @@ def resume_status(out_dir: str | Path, model: nn.Module, train_set: Dataset, val
     if state.get("version") != STATE_VERSION or _identity_diff(state.get("identity", {}), identity):
         return "incompatible"
     return "finished" if int(state["epoch"]) >= cfg.epochs else "resumable"
+
+
+def resume_differences(out_dir: str | Path, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
+                       cfg: TrainConfig, meta: dict[str, Any] | None = None) -> list[str]:
+    """What differs between the run saved in ``out_dir`` and this one (``"key: saved -> now"`` items; empty
+    when they match or nothing is saved)."""
+    path = Path(out_dir) / STATE_FILE
+    if not path.is_file():
+        return []
+    try:
+        state = load_training_state(path)
+    except CheckpointError:
+        return ["the training state is unreadable"]
+    inner = unwrap_model(model)
+    identity = _run_identity(inner, cfg, backbone_fingerprint(inner.backbone), dataset_size(train_set),
+                             dataset_size(val_set) if val_set is not None else 0, dict(meta or {}))
+    if state.get("version") != STATE_VERSION:
+        return ["state file version"]
+    return _identity_diff(state.get("identity", {}), identity)
 
 
 def _train_one_epoch(net: nn.Module, inner: PromptedViT, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -486,6 +659,7 @@ def train(
     resume: bool = False,
     meta: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prompt-tune ``model`` (a ``PromptedViT``) on ``train_set``, selecting by accuracy on ``val_set``.
 
@@ -499,12 +673,36 @@ def train(
             a state from a different configuration raises CheckpointError.
         meta: stored in every checkpoint's JSON (``class_names``, ``dataset``, ``backbone_source``, ...).
         on_epoch_end: called on rank 0 with each epoch's history record.
+        overwrite: replace a run already saved in ``out_dir`` (its ``best/``, ``last/``, state and summary
+            are deleted first). Without it (and without ``resume``) such a folder raises RunExistsError.
+
+    Rank 0 holds a :class:`~tcpa_core.run_lock.RunLock` on ``out_dir`` for the whole run, so a second writer
+    is refused (RunLockedError) instead of interleaving its files with this run's.
 
     Returns the summary (also written to ``out_dir/summary.json``): history of train loss/accuracy,
     validation accuracy/loss, learning rate and seconds per epoch, best epoch and accuracy.
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
+    resolve_device(cfg.device)
+    check_classes(int(unwrap_model(model).num_classes), train_set)
+    out = Path(out_dir)
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    lock = RunLock(out) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        check_run_folder(out, resume=resume, overwrite=overwrite)  # again, now that nobody else writes
+        if overwrite and not resume and is_main_process():
+            replaced = describe_run(out)
+            if replaced:
+                logger.info("replacing %s in %s", replaced, out)
+                _clear_run(out)
+        barrier()
+        return _train(model, train_set, val_set, cfg, out, resume, meta, on_epoch_end)
+
+
+def _train(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig, out: Path,
+           resume: bool, meta: dict[str, Any] | None,
+           on_epoch_end: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     num_train = _check_dataset(train_set, "training")
     num_val = _check_dataset(val_set, "validation") if val_set is not None else 0
     world, rank = get_world_size(), get_rank()
@@ -512,7 +710,6 @@ def train(
         raise TrainConfigError(
             f"batch_size={cfg.batch_size} (the global batch) must be divisible by the {world} processes."
         )
-    out = Path(out_dir)
     device = resolve_device(cfg.device)
     inner = unwrap_model(model).to(device)
     meta = dict(meta or {})
@@ -613,6 +810,8 @@ def train(
 
 
 __all__ = [
-    "EvalResult", "TrainConfig", "TrainConfigError", "TrainingError", "build_optimizer", "build_scheduler",
-    "evaluate", "extract_features", "lr_at_step", "resume_status", "train", "warmup_steps_for",
+    "RUN_FILES", "EvalResult", "TrainConfig", "TrainConfigError", "TrainingError", "build_optimizer",
+    "build_scheduler", "check_classes", "check_run_folder", "check_writable_folder", "describe_run", "evaluate",
+    "extract_features", "lr_at_step", "resolve_device", "resume_differences", "resume_status", "train",
+    "warmup_steps_for",
 ]

@@ -74,7 +74,27 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
+def torch_file_kind(path: str | Path) -> str | None:
+    """``"zip"`` (torch.save since 1.6), ``"pickle"`` (the legacy format) or None when the file starts like
+    neither (empty, text, HTML error page, another format): such files are not "pickled objects"."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
+
+
 def _read_torch(path: Path) -> Any:
+    if torch_file_kind(path) is None:
+        raise CheckpointError(
+            f"Could not read the weight file {path}: it is not a file written by torch.save (it is empty, text or "
+            "another format). Re-download or re-export it; .safetensors and .npz files need that extension."
+        )
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -9,13 +9,11 @@ plotly.js). Checkpoints are loaded once, as :class:`LoadedModel`, by :func:`load
 """
 
 from .attention_maps import TokenAttention, key_column_map, token_attention
-from .errors import AnalysisArgumentError, AnalysisIndexError, FigureArgumentError, IncomparableModelsError
+from .errors import AnalysisArgumentError, AnalysisIndexError, FigureArgumentError
 from .features import FeatureSet, extract_features, feature_cache_path
 from .heatmap import attention_matrix, plot_attention_heatmap_matplotlib, plot_attention_heatmap_plotly
 from .models import (
     LoadedModel,
-    check_same_backbone,
-    comparison_problem,
     display_image,
     load_run,
     read_demo_summary,
@@ -105,8 +103,8 @@ __all__ = [
     "knn_accuracy", "plot_tsne_matplotlib", "plot_tsne_plotly",
     # output
     "save_figure", "FigureFormatError", "NotAFigureError", "write_plotlyjs", "AnalysisArgumentError",
-    "AnalysisIndexError", "FigureArgumentError", "IncomparableModelsError", "LoadedModel", "check_same_backbone",
-    "comparison_problem", "display_image", "load_run", "read_demo_summary", "resolve_checkpoint",
+    "AnalysisIndexError", "FigureArgumentError", "LoadedModel", "display_image", "load_run", "read_demo_summary",
+    "resolve_checkpoint",
     "write_rows_csv", "write_rows_json", "jsonable",
     # synthetic data
     "SyntheticLayer", "synthetic_layer",

@@ -10,9 +10,12 @@ Errors raised on purpose (:class:`tcpa_core.errors.TCPAError`) and bad arguments
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +58,60 @@ def _say(*parts: Any) -> None:
         print(*parts, flush=True)
 
 
+# ------------------------------------------------------------------------------------------ value types
+def _whole(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number in ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _number(low: float | None = None, *, strict: bool = False, below: float | None = None
+            ) -> Callable[[str], float]:
+    """argparse type: a finite number ``>= low`` (``> low`` when ``strict``) and ``< below``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (low is None or (value > low if strict else value >= low)) and \
+            (below is None or value < below)
+        if not ok:
+            bound = "" if low is None else (f"> {low:g}" if strict else f">= {low:g}")
+            bound += ("" if below is None else (" and " if bound else "") + f"< {below:g}")
+            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + bound if bound else ''}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _json_file(text: str) -> str:
+    """argparse type: a file that holds a JSON object (e.g. the demo's summary.json)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} does not exist or is not a file")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text} is not a JSON file ({type(exc).__name__}); pass the demo's "
+                                         "summary.json") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text} holds JSON but not an object like the demo's summary.json")
+    return text
+
+
+POSITIVE = _whole(1)
+NON_NEGATIVE = _whole(0)
+
+
 # ------------------------------------------------------------------------------------------ shared args
 def _add_backbone_args(p: argparse.ArgumentParser, default: str | None = DEMO_BACKBONE) -> None:
     g = p.add_argument_group("backbone")
@@ -76,14 +133,15 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -
     g.add_argument("--dataset", default=default, metavar="NAME",
                    help=f"one of {', '.join(DATASET_NAMES)} (default: {default or 'the training dataset'})")
     g.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (not needed for digits)")
-    g.add_argument("--val-fraction", type=float, default=0.1,
+    g.add_argument("--val-fraction", type=_number(0.0, strict=True, below=1.0), default=0.1,
                    help="share of the training set held out for validation where a dataset has no val split")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the train/val carving and digit rendering")
+    g.add_argument("--data-seed", type=NON_NEGATIVE, default=0,
+                   help="seed of the train/val carving and digit rendering")
     g.add_argument("--image-dir", metavar="DIR", help="vpt-json: folder the JSON image paths are relative to")
-    g.add_argument("--samples-per-digit", type=int, help="digits: renderings per source digit (default 1)")
-    g.add_argument("--max-samples", type=int, metavar="N",
+    g.add_argument("--samples-per-digit", type=POSITIVE, help="digits: renderings per source digit (default 1)")
+    g.add_argument("--max-samples", type=POSITIVE, metavar="N",
                    help="use a seeded random subset of at most N samples per split (quick runs)")
-    g.add_argument("--num-workers", type=int, default=0, help="data loading processes (default 0)")
+    g.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="data loading processes (default 0)")
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -103,18 +161,18 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: tcpa_core.train.TrainConfig)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--random-epochs", type=int, help="epochs of random prompt selection (TCPA warm-up)")
-    g.add_argument("--pool-loss-weight", type=float)
-    g.add_argument("--mixup", dest="mixup_alpha", type=float, help="mixup alpha (0 = off)")
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--grad-clip", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--epochs", type=POSITIVE)
+    g.add_argument("--batch-size", type=POSITIVE, help="global batch size")
+    g.add_argument("--lr", type=_number(0.0, strict=True))
+    g.add_argument("--min-lr", type=_number(0.0))
+    g.add_argument("--weight-decay", type=_number(0.0))
+    g.add_argument("--warmup-epochs", type=_number(0.0))
+    g.add_argument("--random-epochs", type=NON_NEGATIVE, help="epochs of random prompt selection (TCPA warm-up)")
+    g.add_argument("--pool-loss-weight", type=_number(0.0))
+    g.add_argument("--mixup", dest="mixup_alpha", type=_number(0.0), help="mixup alpha (0 = off)")
+    g.add_argument("--label-smoothing", type=_number(0.0, below=1.0))
+    g.add_argument("--grad-clip", type=_number(0.0, strict=True))
+    g.add_argument("--seed", type=NON_NEGATIVE)
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument("--no-augment", action="store_true", help="no random crops/flips on the training split")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -211,25 +269,36 @@ def _transforms(model: PromptedViT, dataset: str, augment: bool) -> tuple[Callab
 
 # ------------------------------------------------------------------------------------------ train
 def _run_train(args: argparse.Namespace) -> int:
-    from tcpa_core.train import train
+    from tcpa_core.run_lock import RunLock
+    from tcpa_core.train import check_classes, check_run_folder, check_writable_folder, resolve_device, train
 
+    out = Path(args.out)
+    cfg = _train_config(args)
+    resolve_device(cfg.device)
+    check_writable_folder(out, "--out")  # all before any data is read
+    with RunLock(out) if is_main_process() else contextlib.nullcontext():
+        check_run_folder(out, resume=args.resume, overwrite=args.force)
+        return _train_in(args, out, cfg, check_classes, train)
+
+
+def _train_in(args: argparse.Namespace, out: Path, cfg: Any, check_classes: Callable[..., None],
+              train: Callable[..., dict[str, Any]]) -> int:
     spec = _dataset_spec(args)
     train_set = _open_split(spec, "train", None)
     classes = list(getattr(train_set, "classes", []))
     if not classes:
         raise DatasetError(f"Dataset {args.dataset!r} reports no classes.")
+    check_classes(len(classes), train_set)
     source = _backbone_source(args)
-    cfg = _train_config(args)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = _build_model(source, _prompt_config(args), len(classes))
     train_tf, eval_tf = _transforms(model, args.dataset, not args.no_augment)
     train_set, val_set = _set_transform(train_set, train_tf), _open_split(spec, "val", eval_tf)
-    out = Path(args.out)
     meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
     _say(f"training {model.config.method} on {args.dataset} ({dataset_size(train_set)} train / "
          f"{dataset_size(val_set)} val "
          f"images, {len(classes)} classes) with backbone {source['name']}; outputs in {out}")
-    summary = train(model, train_set, val_set, cfg, out, resume=args.resume, meta=meta)
+    summary = train(model, train_set, val_set, cfg, out, resume=args.resume, meta=meta, overwrite=args.force)
     acc = summary["best_val_acc"]
     _say(f"done: best val accuracy {100 * acc:.2f}% at epoch {summary['best_epoch']}, "
          f"{summary['seconds_per_epoch']:.1f} s/epoch; best checkpoint {summary['best_checkpoint']}")
@@ -246,7 +315,10 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     _add_prompt_args(p)
     _add_train_args(p)
     p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue (or reuse) the run saved in --out")
+    again.add_argument("--force", action="store_true",
+                       help="replace the run saved in --out (without it, an --out that holds a run is refused)")
     p.set_defaults(func=_run_train)
 
 
@@ -256,13 +328,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     from tcpa_core.train import evaluate, resolve_device
     from tcpa_viz.models import resolve_checkpoint
 
+    if args.json:
+        _check_output_file(args.json, "--json")
+    device = resolve_device(args.device or "auto")
     path = resolve_checkpoint(args.model)
     meta = read_checkpoint_meta(path)
     backbone = args.backbone
     weights = Path(args.checkpoint).expanduser() if args.checkpoint else None
     model = load_checkpoint(path, backbone=backbone, checkpoint=weights,
                             pretrained=True if args.pretrained else None,
-                            device=resolve_device(args.device or "auto"))
+                            device=device)
     if args.dataset:
         spec = _dataset_spec(args)
     elif meta.get("dataset"):
@@ -271,6 +346,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise DatasetError("This checkpoint does not record its dataset; pass --dataset (and --data-root).")
     _, eval_tf = _transforms(model, spec["name"], augment=False)
     data = _open_split(spec, args.split, eval_tf)
+    if not args.ignore_class_names:
+        _check_class_names(meta.get("class_names"), list(getattr(data, "classes", None) or []), spec["name"])
     result = evaluate(model, data, args.batch_size, return_predictions=False, num_workers=args.num_workers,
                       progress=not args.no_progress)
     report = {"checkpoint": str(path), "dataset": spec["name"], "split": args.split,
@@ -293,13 +370,43 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR",
                    help="checkpoint folder, or a `tcpa-viz train --out` folder (uses its best/)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
     p.add_argument("--device", help="cpu, cuda, ... (default: auto)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--ignore-class-names", action="store_true",
+                   help="evaluate even when the dataset's class names differ from the checkpoint's")
     p.add_argument("--no-progress", action="store_true")
     _add_backbone_args(p, default=None)
     _add_data_args(p, default=None)
     p.set_defaults(func=_run_eval)
+
+
+def _check_class_names(trained: list[str] | None, given: list[str], dataset: str) -> None:
+    """Refuse to score a checkpoint on a dataset whose classes are not the ones it was trained on."""
+    if not trained or not given or list(trained) == list(given):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(trained, given, strict=False)) if a != b),
+                 min(len(trained), len(given)))
+    got = lambda names: repr(names[first]) if first < len(names) else "none"  # noqa: E731
+    raise DatasetError(
+        f"The classes of {dataset!r} differ from the checkpoint's ({len(trained)} trained classes, {len(given)} in "
+        f"the dataset; class {first} is {got(trained)} in the checkpoint and {got(given)} in the dataset): the "
+        "scores would compare swapped labels. Pass the dataset the model was trained on, or --ignore-class-names "
+        "if its label indices mean the same classes."
+    )
+
+
+def _check_output_file(path: str | Path, option: str) -> None:
+    """Refuse an output file path that is a folder or sits where nothing can be written (before any work)."""
+    from tcpa_core.errors import OutputPathError
+    from tcpa_core.train import check_writable_folder
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise OutputPathError(f"{option} {target} is a folder; {option} needs a file name (e.g. {target}/eval.json).")
+    check_writable_folder(target.parent, f"{option} {target}: its folder")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputPathError(f"{option} {target} cannot be written (no write permission); pass another file.")
 
 
 # ------------------------------------------------------------------------------------------ demo
@@ -324,17 +431,40 @@ def _demo_prompt_config(args: argparse.Namespace, method: str) -> PromptConfig:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from tcpa_core.checkpoint import atomic_write_json, load_checkpoint
-    from tcpa_core.train import evaluate, resume_status, train
+    from tcpa_core.run_lock import RunLock
+    from tcpa_core.train import check_writable_folder
 
     out = Path(args.out)
+    check_writable_folder(out, "--out")
+    with RunLock(out) if is_main_process() else contextlib.nullcontext():
+        return _demo_in(args, out)
+
+
+def _previous_demo_methods(summary_path: Path) -> dict[str, Any]:
+    """The per-method results of an earlier demo in the same folder whose checkpoints still exist."""
+    try:
+        previous = json.loads(summary_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    methods = previous.get("methods") if isinstance(previous, dict) else None
+    if not isinstance(methods, dict):
+        return {}
+    return {m: info for m, info in methods.items()
+            if isinstance(info, dict) and Path(str(info.get("checkpoint", ""))).exists()}
+
+
+def _demo_in(args: argparse.Namespace, out: Path) -> int:
+    from tcpa_core.checkpoint import atomic_write_json, load_checkpoint
+    from tcpa_core.errors import RunExistsError
+    from tcpa_core.train import ResumeStatus, evaluate, resume_differences, resume_status, train
+
     spec = {"name": "digits", "root": None, "val_fraction": 0.1, "seed": args.data_seed,
             "options": {"samples_per_digit": args.samples_per_digit}, "max_samples": args.max_samples}
     source = {"name": DEMO_BACKBONE, "pretrained": True, "weights": None, "kwargs": {}}
     cfg = _demo_train_config(args)
     splits: dict[str, Dataset] = {}
-    methods: dict[str, Any] = {}
-    for method in args.methods:
+    planned: list[tuple[str, PromptedViT, ResumeStatus, dict[str, Any]]] = []
+    for method in args.methods:  # decide for every method before training any
         if not splits:
             splits["train"] = _open_split(spec, "train", None)
         classes = list(getattr(splits["train"], "classes", []))
@@ -345,16 +475,27 @@ def _run_demo(args: argparse.Namespace) -> int:
             _set_transform(splits["train"], eval_tf)
             for split in ("val", "test"):
                 splits[split] = _open_split(spec, split, eval_tf)
-        train_set, val_set = splits["train"], splits["val"]
-        run_dir = out / method
         meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
-        status = "none" if args.force else resume_status(run_dir, model, train_set, val_set, cfg, meta)
+        status: ResumeStatus = "none" if args.force else resume_status(
+            out / method, model, splits["train"], splits["val"], cfg, meta)
+        if status == "incompatible":
+            diffs = resume_differences(out / method, model, splits["train"], splits["val"], cfg, meta)
+            raise RunExistsError(
+                f"{out / method} holds a {method} run with another configuration ({'; '.join(diffs[:4])}); "
+                "retraining would replace it. Pass --force to retrain it (the results of the other methods in "
+                f"{out / 'summary.json'} are kept), or another --out folder."
+            )
+        planned.append((method, model, status, meta))
+    train_set, val_set = splits["train"], splits["val"]
+    methods: dict[str, Any] = {}
+    for method, model, status, meta in planned:
+        run_dir = out / method
         if status == "finished":
             _say(f"[{method}] reusing the finished checkpoint in {run_dir} (same configuration)")
         else:
             _say(f"[{method}] training for {cfg.epochs} epochs on {dataset_size(train_set)} digits -> {run_dir}")
         summary = train(model, train_set, val_set, cfg, run_dir, resume=status in ("finished", "resumable"),
-                        meta=meta)
+                        meta=meta, overwrite=args.force)
         best = load_checkpoint(run_dir / "best", backbone=DEMO_BACKBONE)
         test = evaluate(best, splits["test"], batch_size=2 * cfg.batch_size,
                         num_workers=args.num_workers)
@@ -370,10 +511,15 @@ def _run_demo(args: argparse.Namespace) -> int:
             "run_dir": str(run_dir),
             "cached": status == "finished",
             "prompt_config": model.config.to_dict(),
+            "train_config": cfg.to_dict(),
         }
         _say(f"[{method}] test accuracy {100 * test.accuracy:.2f}% (best val {100 * summary['best_val_acc']:.2f}% "
              f"at epoch {summary['best_epoch']}), {summary['seconds_per_epoch']:.1f} s/epoch")
     summary_path = out / "summary.json"
+    kept = {m: info for m, info in _previous_demo_methods(summary_path).items() if m not in methods}
+    if kept:
+        _say(f"keeping the earlier results of {', '.join(kept)} in {summary_path}")
+    methods = {**methods, **kept}
     if is_main_process():
         atomic_write_json(summary_path, {
             "task": "digits on clutter (scikit-learn digits), selection on val, accuracy on test",
@@ -398,6 +544,9 @@ def _method_list(text: str) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
         raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"method(s) {', '.join(twice)} listed more than once")
     return methods
 
 
@@ -411,22 +560,24 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", metavar="DIR")
     p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
                    help=f"comma-separated methods (default {','.join(DEMO_METHODS)})")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--random-epochs", type=int, default=1)
-    p.add_argument("--cls-pool-size", type=int, default=18)
-    p.add_argument("--image-pool-size", type=int, default=18)
-    p.add_argument("--cls-topk", type=int, default=10)
-    p.add_argument("--image-topk", type=int, default=10)
-    p.add_argument("--num-prompts", type=int, default=10, help="VPT-deep prompts per layer")
-    p.add_argument("--samples-per-digit", type=int, default=1)
-    p.add_argument("--max-samples", type=int, metavar="N", help="at most N samples per split (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="retrain even when finished checkpoints exist")
+    p.add_argument("--epochs", type=POSITIVE, default=10)
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--lr", type=_number(0.0, strict=True), default=5e-3)
+    p.add_argument("--warmup-epochs", type=_number(0.0), default=1.0)
+    p.add_argument("--random-epochs", type=NON_NEGATIVE, default=1)
+    p.add_argument("--cls-pool-size", type=POSITIVE, default=18)
+    p.add_argument("--image-pool-size", type=POSITIVE, default=18)
+    p.add_argument("--cls-topk", type=POSITIVE, default=10)
+    p.add_argument("--image-topk", type=POSITIVE, default=10)
+    p.add_argument("--num-prompts", type=POSITIVE, default=10, help="VPT-deep prompts per layer")
+    p.add_argument("--samples-per-digit", type=POSITIVE, default=1)
+    p.add_argument("--max-samples", type=POSITIVE, metavar="N", help="at most N samples per split (quick runs)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--data-seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--num-workers", type=NON_NEGATIVE, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="retrain every method even when finished checkpoints exist, also over runs with another "
+                        "configuration (without it those are refused); other methods' results are kept")
     p.add_argument("--no-figures", action="store_true", help="skip the figures and the rank report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_demo)
@@ -469,11 +620,22 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     baseline, tcpa = _single(args.baseline, "--baseline"), _single(args.tcpa, "--tcpa")
     name, root = _single(args.dataset, "--dataset"), _single(args.data_root, "--data-root")
     base, tc = load_pair(baseline, tcpa, args.demo_dir, backbone=args.backbone, backbone_weights=args.checkpoint)
+    _check_pair(base, tc, getattr(args, "layer", None))
     data = DataSpec(name=name, root=None if root in (None, "-") else root, split=args.split) if name else None
     if data is None and args.split != "test":
         data = DataSpec.from_meta(base.meta, args.split)
     out = Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR
     return {"baseline": base, "tcpa": tc, "data": data, "out_dir": out, "demo_dir": args.demo_dir}
+
+
+def _check_pair(base: Any, tcpa: Any, layer: int | None) -> None:
+    """``layer`` (``--layer``) a block both checkpoints have (``load_pair`` checked that they share a backbone)."""
+    from tcpa_viz.figures import FigureArgumentError
+
+    depth = len(base.model.backbone.blocks)
+    if layer is not None and not -depth <= layer < depth:
+        raise FigureArgumentError(f"--layer {layer} is out of range: the backbone has {depth} blocks; pass a layer "
+                                  f"in {-depth}..{depth - 1} (negative counts from the last).")
 
 
 def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
@@ -491,17 +653,23 @@ def _figure6_rows(args: argparse.Namespace) -> tuple[list[Any], str | None]:
     if demo_like:
         base = get(args.baseline[0]) if args.baseline else None
         tc = get(args.tcpa[0]) if args.tcpa else None
-        return clutter_rows(*load_pair(base, tc, args.demo_dir), split=args.split), CLUTTER_SUBJECT
+        pair = load_pair(base, tc, args.demo_dir)
+        _check_pair(*pair, None)
+        return clutter_rows(*pair, split=args.split), CLUTTER_SUBJECT
+    for b, t in zip(args.baseline, args.tcpa, strict=False):
+        _check_pair(get(b), get(t), None)
     rows = rows_from_args(args.dataset, args.data_root, [get(b) for b in args.baseline],
                           [get(t) for t in args.tcpa], split=args.split)
     return rows, None
 
 
 def _run_figure(args: argparse.Namespace) -> int:
+    from tcpa_core.train import check_writable_folder
     from tcpa_viz.figures import FIGURES, FIGURES_SUBDIR
 
     if not is_main_process():
         return 0
+    check_writable_folder(Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR, "--out")
     spec = FIGURES[args.number]
     options = {name: getattr(args, name) for name in spec.options}
     if spec.several_datasets:
@@ -527,21 +695,26 @@ def _figure_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("number", choices=tuple(FIGURES), help="figure number")
     _add_pair_args(p, several=True)
     g = p.add_argument_group("figure options")
-    g.add_argument("--index", type=int, help="figures 1/3: sample to show (default: the first of the first 32 that "
-                                             "both models classify correctly)")
+    g.add_argument("--index", type=NON_NEGATIVE,
+                   help="figures 1/3: sample to show (default: the first of the first 32 that both models classify "
+                        "correctly)")
     g.add_argument("--layer", type=int, default=-1, help="figures 1/3: block whose attention is shown (default -1)")
-    g.add_argument("--summary", metavar="FILE", help="figure 1: the demo's summary.json for the time/accuracy chart")
-    g.add_argument("--max-samples", type=int, default=600, help="figures 5/6: samples per t-SNE (default 600)")
-    g.add_argument("--perplexity", type=float, default=30.0, help="figures 5/6: t-SNE perplexity")
-    g.add_argument("--seed", type=int, default=0, help="figures 5/6: seed of the sample subset and of t-SNE")
+    g.add_argument("--summary", metavar="FILE", type=_json_file,
+                   help="figure 1: the demo's summary.json for the time/accuracy chart")
+    g.add_argument("--max-samples", type=_whole(2), default=600,
+                   help="figures 5/6: samples per t-SNE (default 600)")
+    g.add_argument("--perplexity", type=_number(0.0, strict=True), default=30.0, help="figures 5/6: t-SNE perplexity")
+    g.add_argument("--seed", type=NON_NEGATIVE, default=0, help="figures 5/6: seed of the sample subset and of t-SNE")
     p.set_defaults(func=_run_figure)
 
 
 def _run_rank(args: argparse.Namespace) -> int:
-    from tcpa_viz.figures import rank_report
+    from tcpa_core.train import check_writable_folder
+    from tcpa_viz.figures import FIGURES_SUBDIR, rank_report
 
     if not is_main_process():
         return 0
+    check_writable_folder(Path(args.out) if args.out else Path(args.demo_dir) / FIGURES_SUBDIR, "--out")
     for path in rank_report(**_figure_inputs(args), num_images=args.num_images, seed=args.seed):
         _say(f"wrote {path}")
     return 0
@@ -555,8 +728,8 @@ def _rank_command(sub: argparse._SubParsersAction) -> None:
                                    "before the TCPA mask, on a batch of images; writes rank.csv, rank.json and a "
                                    "rank-vs-layer plot (PNG + HTML).")
     _add_pair_args(p, several=False)
-    p.add_argument("--num-images", type=int, default=16, help="images measured (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    p.add_argument("--num-images", type=POSITIVE, default=16, help="images measured (default 16)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the image subset")
     p.set_defaults(func=_run_rank)
 
 
@@ -587,7 +760,8 @@ def _run_app(args: argparse.Namespace) -> int:
 def _app_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="open the interactive dashboard (Streamlit)",
                        description="Start the dashboard; it lists the checkpoints of --demo-dir (default demo_out).")
-    p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501 or the next free one)")
+    p.add_argument("--port", type=_whole(1, 65535),
+                   help="port to serve on (default: Streamlit's, 8501 or the next free one)")
     p.add_argument("--address", help="address to listen on (default: Streamlit's)")
     p.add_argument("--demo-dir", metavar="DIR", help="folder whose checkpoints are listed (default demo_out)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="an extra checkpoint to list")
@@ -609,6 +783,17 @@ def _setup_logging() -> None:
                         format="%(message)s", stream=sys.stderr)
 
 
+def _error_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker arrives with the worker's
+    traceback in its text; only its last line (the original message, naming the file) is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, sep, message = last.partition(": ")
+        text = f"{message if sep and '.' in name or name.endswith('Error') else last} (in a data loading worker)"
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tcpa-viz``; returns the exit status."""
     parser = build_parser()
@@ -622,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging()
         return int(args.func(args) or 0)
     except TCPAError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        print("error: " + _error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (training runs continue with --resume)", file=sys.stderr)

@@ -19,7 +19,3 @@ class FigureArgumentError(AnalysisArgumentError):
     """Figure inputs that do not fit together (e.g. a different number of datasets and checkpoints, a sample
     index outside the dataset)."""
 
-
-class IncomparableModelsError(FigureArgumentError):
-    """Two checkpoints that cannot be compared on the same images: different backbones, input sizes or patch
-    grids."""

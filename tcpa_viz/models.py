@@ -21,8 +21,6 @@ from tcpa_core.methods import get_method
 from tcpa_core.model import PromptedViT
 from tcpa_core.train import BEST_DIR, LAST_DIR
 
-from .errors import IncomparableModelsError
-
 DEMO_SUMMARY = "summary.json"
 """File written by ``tcpa-viz demo`` beside its run folders (methods, accuracies, seconds per epoch)."""
 
@@ -118,31 +116,6 @@ def load_run(path: str | Path | LoadedModel, label: str | None = None, backbone:
     where = resolve_checkpoint(path)
     model = load_checkpoint(where, backbone=backbone, checkpoint=backbone_weights, device=device)
     return LoadedModel(model, where, label or model.config.display_name, dict(model.checkpoint_meta))
-
-
-def comparison_problem(first: LoadedModel, second: LoadedModel) -> str | None:
-    """Why two checkpoints cannot be compared on the same images (``None`` when they can): different backbone
-    fingerprints, input sizes (channels included) or patch grids."""
-    names = f"{first.label} ({first.path})", f"{second.label} ({second.path})"
-    if first.fingerprint and second.fingerprint and first.fingerprint != second.fingerprint:
-        return (f"{names[0]} was trained on backbone {first.backbone_name!r} (fingerprint {first.fingerprint[:12]}) "
-                f"but {names[1]} on {second.backbone_name!r} (fingerprint {second.fingerprint[:12]})")
-    sizes = tuple(first.data_config["input_size"]), tuple(second.data_config["input_size"])
-    if sizes[0] != sizes[1]:
-        return f"{names[0]} takes inputs {list(sizes[0])} but {names[1]} takes {list(sizes[1])}"
-    if first.grid_size != second.grid_size:
-        return f"{names[0]} has a {first.grid_size} patch grid but {names[1]} a {second.grid_size} one"
-    return None
-
-
-def check_same_backbone(first: LoadedModel, second: LoadedModel) -> None:
-    """Raise :class:`IncomparableModelsError` unless the two checkpoints share backbone, input size and grid."""
-    problem = comparison_problem(first, second)
-    if problem is not None:
-        raise IncomparableModelsError(
-            f"cannot compare these checkpoints: {problem}. Pass a baseline and a TCPA checkpoint trained on the "
-            "same backbone (same --backbone/--checkpoint and input size)."
-        )
 
 
 def display_image(image: torch.Tensor, data_config: dict[str, Any]) -> np.ndarray:

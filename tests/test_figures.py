@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tcpa_core import PromptConfig, build_model
 from tcpa_core.checkpoint import save_checkpoint
 from tcpa_core.data import DigitsOnClutter, limit_samples
-from tcpa_core.errors import CheckpointError
+from tcpa_core.errors import BackboneMismatchError, CheckpointError
 from tcpa_viz.cli import main
 from tcpa_viz.figures import (
     CLUTTER_LEVELS,
@@ -27,7 +27,6 @@ from tcpa_viz.figures import (
     DataSpec,
     DigitsAtClutterLevel,
     FigureArgumentError,
-    IncomparableModelsError,
     TSNERow,
     figure1,
     figure5,
@@ -325,11 +324,11 @@ def test_a_pair_on_different_backbones_is_refused(demo, tmp_path, capsys):
                                    "backbone_source": {"name": BACKBONE, "pretrained": False,
                                                        "weights": str(weights), "kwargs": other_arch}})
     base, _ = demo_checkpoints(demo)
-    with pytest.raises(IncomparableModelsError, match="cannot compare these checkpoints"):
+    with pytest.raises(BackboneMismatchError, match="trained on different backbones: .*patch size 8x8 vs 4x4"):
         load_pair(base, other.parent, demo)
     assert main(["figure", "1", "--baseline", str(base), "--tcpa", str(other.parent), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot compare these checkpoints")
+    assert len(err) == 1 and "trained on different backbones" in err[0]
     assert not (tmp_path / "figure1.png").exists()
 
 

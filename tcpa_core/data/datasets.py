@@ -138,6 +138,11 @@ def build_dataset(
     split has no samples.
     """
     key = name.lower().replace("_", "-")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
+        raise DatasetError(
+            f"val_fraction (--val-fraction) must be a number in (0, 1), the share of the training set held out "
+            f"for validation; got {val_fraction!r}."
+        )
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
     if key == "digits":

@@ -101,27 +101,51 @@ def to_normalized_tensor(
     return (tensor - m) / s
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
+def _gray_to_uint8(image: Image.Image) -> np.ndarray:
+    """A 16/32-bit integer or float single-channel image -> uint8 ``[H, W]`` with its intended brightness.
 
-    Transparent images (RGBA, LA, palette with transparency) are composited onto ``background``;
-    16/32-bit integer and float grayscale are rescaled to 0-255.
+    ``I;16*`` (16-bit, e.g. 16-bit PNG/TIFF): full 16-bit range -> 0-255 (a dark 16-bit image stays dark).
+    ``I`` (32-bit signed): values in 0-255 are taken as 8-bit, in 0-65535 as 16-bit, anything else (negative or
+    larger values) is rescaled from its minimum..maximum. ``F`` (float): values in [0, 1] are taken as
+    fractions, in [0, 255] as 8-bit levels, anything else is rescaled from its minimum..maximum; NaN counts as
+    0 and infinities as the extreme finite values.
+    """
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        return np.clip(values / 257.0, 0, 255).round().astype(np.uint8)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.nan_to_num(values, nan=0.0, posinf=high, neginf=low)
+    if image.mode == "F" and low >= 0 and high <= 1.0:
+        values = values * 255.0
+    elif low >= 0 and high <= 255:
+        pass
+    elif image.mode != "F" and low >= 0 and high <= 65535:
+        values = values / 257.0
+    else:
+        values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return np.clip(values, 0, 255).round().astype(np.uint8)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB with its intended brightness.
+
+    Transparent images (RGBA, RGBa, LA, La, PA, palette with transparency) are composited onto
+    ``background``; 16/32-bit integer and float grayscale are scaled by their value range (see
+    :func:`_gray_to_uint8`, never clipped to white); CMYK, YCbCr, LAB, HSV, 1-bit and palette images go
+    through Pillow's own conversions.
     """
     mode = image.mode
     if mode == "RGB":
         return image
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        if mode == "La":
+            image = image.convert("LA")  # premultiplied -> straight alpha (Pillow has no La -> RGBA)
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     if mode.startswith("I") or mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if mode == "F" and values.size and values.max() <= 1.0:
-            values = values * 255.0
-        elif mode != "F" and values.size and values.max() > 255:
-            values = values / 257.0
-        gray = np.clip(values, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(_gray_to_uint8(image)).convert("RGB")
     return image.convert("RGB")
 
 

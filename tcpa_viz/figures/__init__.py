@@ -22,7 +22,7 @@ from typing import Any
 
 from tcpa_core.data import limit_samples
 
-from ..errors import FigureArgumentError, IncomparableModelsError
+from ..errors import FigureArgumentError
 from ..models import LoadedModel, load_run
 from .clutter import CLUTTER_LEVELS, DigitsAtClutterLevel
 from .common import (
@@ -78,7 +78,7 @@ def run_all(demo_dir: str | Path = DEFAULT_DEMO_DIR, out_dir: str | Path | None 
 
 __all__ = [
     "CLUTTER_LEVELS", "DEFAULT_DEMO_DIR", "FIGURES", "FIGURES_SUBDIR", "RANK_COLUMNS", "DataSpec",
-    "DigitsAtClutterLevel", "FigureArgumentError", "FigureContext", "FigureSpec", "IncomparableModelsError",
+    "DigitsAtClutterLevel", "FigureArgumentError", "FigureContext", "FigureSpec",
     "LoadedModel", "TSNERow", "clutter_rows", "demo_checkpoints", "figure1", "figure3", "figure5", "figure6",
     "figure_context", "limit_samples", "load_pair", "load_run", "rank_report", "rows_from_args", "run_all",
 ]

@@ -19,13 +19,14 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from tcpa_core import capture
+from tcpa_core.checkpoint import check_same_backbone
 from tcpa_core.config import PromptConfig
 from tcpa_core.data import dataset_size, open_split
 from tcpa_core.errors import DatasetError, PromptConfigError
 from tcpa_core.model import PromptedViT
 
 from ..errors import FigureArgumentError
-from ..models import LoadedModel, check_same_backbone, load_run, read_demo_summary
+from ..models import LoadedModel, load_run, read_demo_summary
 from ..saving import save_figure
 
 DEFAULT_DEMO_DIR = Path("demo_out")
@@ -122,8 +123,9 @@ def load_pair(baseline: ModelRef | None, tcpa: ModelRef | None, demo_dir: str | 
               backbone: str | None = None, backbone_weights: str | Path | None = None
               ) -> tuple[LoadedModel, LoadedModel]:
     """Load the two checkpoints (a missing one defaults to the demo folder's) and check that they can be
-    compared (:func:`tcpa_viz.models.check_same_backbone`). When both would get the same label (e.g. two TCPA
-    runs), the baseline's gets the suffix " (baseline)"."""
+    compared (:func:`tcpa_core.checkpoint.check_same_backbone`: same backbone weights, input size, patch
+    grid). When both would get the same label (e.g. two TCPA runs), the baseline's gets the suffix
+    " (baseline)"."""
     defaults = demo_checkpoints(demo_dir)
     base = load_run(baseline if baseline is not None else defaults[0], backbone=backbone,
                     backbone_weights=backbone_weights)
@@ -293,8 +295,8 @@ def figure_context(baseline: ModelRef | None = None, tcpa: ModelRef | None = Non
         n = dataset_size(dataset)
         index = choose_sample(dataset, base, tc) if index is None else int(index)
         if not 0 <= index < n:
-            raise FigureArgumentError(f"sample {index} is outside the {n} samples of the dataset; pass --index "
-                                      f"from 0 to {n - 1}.")
+            raise FigureArgumentError(f"--index {index} is outside the {n} samples of the dataset; pass an index "
+                                      f"in 0..{n - 1}.")
     return FigureContext(base, tc, dataset, index)
 
 
