@@ -116,8 +116,8 @@ __all__ = [
     "knn_accuracy", "plot_tsne_matplotlib", "plot_tsne_plotly",
     # output
     "save_figure", "FigureFormatError", "NotAFigureError", "write_plotlyjs", "AnalysisArgumentError",
-    "AnalysisIndexError", "FigureArgumentError", "LoadedModel",
-    "display_image", "load_run", "read_demo_summary", "resolve_checkpoint",
+    "AnalysisIndexError", "FigureArgumentError", "LoadedModel", "display_image", "load_run", "read_demo_summary",
+    "resolve_checkpoint",
     "write_rows_csv", "write_rows_json", "jsonable",
     # synthetic data
     "SyntheticLayer", "synthetic_layer",

@@ -432,13 +432,15 @@ def _demo_train_config(args: argparse.Namespace) -> Any:
 
 
 def _demo_prompt_config(args: argparse.Namespace, method: str) -> PromptConfig:
-    """The demo's settings for ``method``: the pool sizes and top-k for every method with prompt pools (the TCPA
-    family), the number of prompts for the others."""
-    if PromptConfig.from_dict({"method": method}).uses_pools:
-        return PromptConfig.from_dict({"method": method, "cls_pool_size": args.cls_pool_size,
-                                       "image_pool_size": args.image_pool_size, "cls_topk": args.cls_topk,
-                                       "image_topk": args.image_topk, "prompt_length": 1})
-    return PromptConfig.from_dict({"method": method, "num_prompts": args.num_prompts})
+    """The demo's settings for ``method``: of the demo's pool sizes, top-k, prompt length (1) and number of
+    prompts, those the method reads (its ``config_fields`` in the method registry)."""
+    from tcpa_core.methods import get_method
+
+    settings = {"cls_pool_size": args.cls_pool_size, "image_pool_size": args.image_pool_size,
+                "cls_topk": args.cls_topk, "image_topk": args.image_topk, "prompt_length": 1,
+                "num_prompts": args.num_prompts}
+    fields = get_method(method).config_fields
+    return PromptConfig.from_dict({"method": method, **{k: v for k, v in settings.items() if k in fields}})
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -467,14 +469,14 @@ def _previous_demo_methods(summary_path: Path) -> dict[str, Any]:
 def _demo_in(args: argparse.Namespace, out: Path) -> int:
     from tcpa_core.checkpoint import atomic_write_json, load_checkpoint
     from tcpa_core.errors import RunExistsError
-    from tcpa_core.train import evaluate, resume_differences, resume_status, train
+    from tcpa_core.train import ResumeStatus, evaluate, resume_differences, resume_status, train
 
     spec = {"name": "digits", "root": None, "val_fraction": 0.1, "seed": args.data_seed,
             "options": {"samples_per_digit": args.samples_per_digit}, "max_samples": args.max_samples}
     source = {"name": DEMO_BACKBONE, "pretrained": True, "weights": None, "kwargs": {}}
     cfg = _demo_train_config(args)
     splits: dict[str, Dataset] = {}
-    planned: list[tuple[str, PromptedViT, str, dict[str, Any]]] = []
+    planned: list[tuple[str, PromptedViT, ResumeStatus, dict[str, Any]]] = []
     for method in args.methods:  # decide for every method before training any
         if not splits:
             splits["train"] = _open_split(spec, "train", None)
@@ -487,8 +489,8 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
             for split in ("val", "test"):
                 splits[split] = _open_split(spec, split, eval_tf)
         meta = {"dataset": spec, "class_names": classes, "backbone_source": source}
-        status = "none" if args.force else resume_status(out / method, model, splits["train"], splits["val"], cfg,
-                                                          meta)
+        status: ResumeStatus = "none" if args.force else resume_status(
+            out / method, model, splits["train"], splits["val"], cfg, meta)
         if status == "incompatible":
             diffs = resume_differences(out / method, model, splits["train"], splits["val"], cfg, meta)
             raise RunExistsError(
@@ -640,7 +642,7 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     baseline, tcpa = _single(args.baseline, "--baseline"), _single(args.tcpa, "--tcpa")
     name, root = _single(args.dataset, "--dataset"), _single(args.data_root, "--data-root")
     base, tc = load_pair(baseline, tcpa, args.demo_dir, backbone=args.backbone, backbone_weights=args.checkpoint)
-    _check_layer(base, getattr(args, "layer", None))
+    _check_pair(base, tc, getattr(args, "layer", None))
     data = DataSpec(name=name, root=None if root in (None, "-") else root, split=args.split) if name else None
     if data is None and args.split != "test":
         data = DataSpec.from_meta(base.meta, args.split)
@@ -648,8 +650,8 @@ def _figure_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"baseline": base, "tcpa": tc, "data": data, "out_dir": out, "demo_dir": args.demo_dir}
 
 
-def _check_layer(base: Any, layer: int | None) -> None:
-    """``layer`` (``--layer``) is a block of the (shared) backbone."""
+def _check_pair(base: Any, tcpa: Any, layer: int | None) -> None:
+    """``layer`` (``--layer``) a block both checkpoints have (``load_pair`` checked that they share a backbone)."""
     from tcpa_viz.figures import FigureArgumentError
 
     depth = len(base.model.backbone.blocks)

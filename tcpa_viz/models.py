@@ -16,23 +16,21 @@ import numpy as np
 import torch
 
 from tcpa_core.checkpoint import WEIGHTS_FILE, checkpoint_files, load_checkpoint
-from tcpa_core.errors import CheckpointError
+from tcpa_core.errors import CheckpointError, PromptConfigError
+from tcpa_core.methods import get_method
 from tcpa_core.model import PromptedViT
 from tcpa_core.train import BEST_DIR, LAST_DIR
 
 DEMO_SUMMARY = "summary.json"
 """File written by ``tcpa-viz demo`` beside its run folders (methods, accuracies, seconds per epoch)."""
 
-METHOD_TITLES: dict[str, str] = {
-    "none": "linear probe", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "vfpt": "VFPT", "vp": "VP",
-    "tcpa": "TCPA", "r-tcpa": "R-TCPA",
-}
-"""Display names of the prompting methods (until the method registry of tcpa_core provides them)."""
-
 
 def method_title(method: str) -> str:
-    """Display name of a prompting method."""
-    return METHOD_TITLES.get(method, method)
+    """Display name of a prompting method from the method registry (the name itself for an unregistered one)."""
+    try:
+        return get_method(method).display_name
+    except PromptConfigError:
+        return method
 
 
 @dataclass
@@ -54,6 +52,11 @@ class LoadedModel:
     @property
     def method(self) -> str:
         return str(self.model.config.method)
+
+    @property
+    def is_tcpa_family(self) -> bool:
+        """Whether the method's role in the method registry is ``"tcpa"`` (TCPA, R-TCPA, VFPT+TCPA, ...)."""
+        return self.model.config.spec.role == "tcpa"
 
     @property
     def depth(self) -> int:
@@ -112,7 +115,7 @@ def load_run(path: str | Path | LoadedModel, label: str | None = None, backbone:
         return path
     where = resolve_checkpoint(path)
     model = load_checkpoint(where, backbone=backbone, checkpoint=backbone_weights, device=device)
-    return LoadedModel(model, where, label or method_title(model.config.method), dict(model.checkpoint_meta))
+    return LoadedModel(model, where, label or model.config.display_name, dict(model.checkpoint_meta))
 
 
 def display_image(image: torch.Tensor, data_config: dict[str, Any]) -> np.ndarray:

@@ -52,10 +52,12 @@ def test_demo_summary_is_none_when_missing_or_broken(tmp_path):
     assert read_demo_summary(tmp_path) == {"methods": {}}
 
 
-def test_demo_pool_settings_apply_to_every_method_with_pools():
+def test_demo_settings_follow_the_fields_each_method_reads():
+    """`demo --methods r-tcpa` takes --cls-pool-size like tcpa (the registry's config_fields decide)."""
     args = argparse.Namespace(cls_pool_size=6, image_pool_size=7, cls_topk=2, image_topk=3, num_prompts=5)
-    for method in ("tcpa", "r-tcpa"):
-        cfg = _demo_prompt_config(args, method)
-        assert (cfg.method, cfg.cls_pool_size, cfg.image_pool_size, cfg.cls_topk, cfg.image_topk) == (
-            method, 6, 7, 2, 3)
+    tcpa = _demo_prompt_config(args, "tcpa")
+    assert (tcpa.cls_pool_size, tcpa.image_pool_size, tcpa.cls_topk, tcpa.image_topk) == (6, 7, 2, 3)
+    r_tcpa = _demo_prompt_config(args, "r-tcpa")
+    assert (r_tcpa.method, r_tcpa.cls_pool_size, r_tcpa.image_pool_size) == ("r-tcpa", 6, 7)
+    assert r_tcpa.spec.role == tcpa.spec.role == "tcpa"
     assert _demo_prompt_config(args, "vpt-deep").num_prompts == 5

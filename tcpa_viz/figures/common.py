@@ -82,22 +82,27 @@ class DataSpec:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def is_tcpa_family(method: str, info: dict[str, Any]) -> bool:
-    """Whether a run of a demo summary (``method`` and its entry ``info``) is TCPA family: a method with prompt
-    pools (read from the entry's ``prompt_config`` when it records one)."""
+def summary_config(method: str, info: dict[str, Any]) -> PromptConfig | None:
+    """The prompt config of a run of a demo summary (``method`` and its entry ``info``): the entry's recorded
+    ``prompt_config``, else the method's defaults; ``None`` for a method the registry does not know."""
     recorded = info.get("prompt_config")
     try:
-        config = PromptConfig.from_dict(recorded if isinstance(recorded, dict) else {"method": method})
+        return PromptConfig.from_dict(recorded if isinstance(recorded, dict) else {"method": method})
     except (PromptConfigError, TypeError, ValueError):
-        return False
-    return bool(config.uses_pools)
+        return None
+
+
+def is_tcpa_family(method: str, info: dict[str, Any]) -> bool:
+    """Whether a run of a demo summary is TCPA family (role ``"tcpa"`` in the method registry)."""
+    config = summary_config(method, info)
+    return config is not None and config.spec.role == "tcpa"
 
 
 def demo_checkpoints(demo_dir: str | Path = DEFAULT_DEMO_DIR) -> tuple[Path, Path]:
     """``(baseline, tcpa)`` checkpoint folders of a demo folder.
 
-    The methods come from ``summary.json`` when it lists them (TCPA = the first TCPA-family entry, i.e. a
-    method with prompt pools, baseline = the first other one), else ``vpt-deep/best`` and ``tcpa/best``.
+    The methods come from ``summary.json`` when it lists them (TCPA = the first entry whose method has the
+    registry role ``"tcpa"``, baseline = the first other one), else ``vpt-deep/best`` and ``tcpa/best``.
     """
     demo_dir = Path(demo_dir)
     methods: dict[str, Any] = (read_demo_summary(demo_dir) or {}).get("methods") or {}
@@ -118,8 +123,9 @@ def load_pair(baseline: ModelRef | None, tcpa: ModelRef | None, demo_dir: str | 
               backbone: str | None = None, backbone_weights: str | Path | None = None
               ) -> tuple[LoadedModel, LoadedModel]:
     """Load the two checkpoints (a missing one defaults to the demo folder's) and check that they can be
-    compared (:func:`tcpa_core.checkpoint.check_same_backbone`). When both would get the same label (e.g. two TCPA
-    runs), the baseline's gets the suffix " (baseline)"."""
+    compared (:func:`tcpa_core.checkpoint.check_same_backbone`: same backbone weights, input size, patch
+    grid). When both would get the same label (e.g. two TCPA runs), the baseline's gets the suffix
+    " (baseline)"."""
     defaults = demo_checkpoints(demo_dir)
     base = load_run(baseline if baseline is not None else defaults[0], backbone=backbone,
                     backbone_weights=backbone_weights)
@@ -289,8 +295,8 @@ def figure_context(baseline: ModelRef | None = None, tcpa: ModelRef | None = Non
         n = dataset_size(dataset)
         index = choose_sample(dataset, base, tc) if index is None else int(index)
         if not 0 <= index < n:
-            raise FigureArgumentError(f"sample {index} is outside the {n} samples of the dataset; pass --index "
-                                      f"from 0 to {n - 1}.")
+            raise FigureArgumentError(f"--index {index} is outside the {n} samples of the dataset; pass an index "
+                                      f"in 0..{n - 1}.")
     return FigureContext(base, tc, dataset, index)
 
 

@@ -43,6 +43,7 @@ from .common import (
     labels_of,
     predict,
     query_patches,
+    summary_config,
     write_figures,
 )
 from .compare_panel import (
@@ -109,8 +110,9 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
     for method, info in ((summary or {}).get("methods") or {}).items():
         seconds, acc = info.get("seconds_per_epoch"), info.get("test_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(method_title(method), float(seconds), float(acc), "test",
-                                      is_tcpa_family(method, info)))
+            config = summary_config(method, info)
+            label = config.display_name if config is not None else method_title(method)
+            points.append(TimingPoint(label, float(seconds), float(acc), "test", is_tcpa_family(method, info)))
     if points:
         return points
     for loaded in (baseline, tcpa):
@@ -121,8 +123,7 @@ def timing_points(baseline: LoadedModel, tcpa: LoadedModel,
             metrics = loaded.meta.get("metrics") or {}
             seconds, acc = metrics.get("train_seconds"), metrics.get("val_acc")
         if seconds is not None and acc is not None:
-            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation",
-                                      loaded.model.config.uses_pools))
+            points.append(TimingPoint(loaded.label, float(seconds), float(acc), "validation", loaded.is_tcpa_family))
     return points
 
 
