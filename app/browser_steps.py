@@ -39,11 +39,35 @@ def point_position(page: Any, chart_key: str, trace: int, point: int) -> dict[st
     return page.evaluate(_POINT, [chart_key, trace, point])
 
 
-def click_patch_marker(page: Any, chart_key: str, trace: int, row: int, col: int, grid_width: int) -> None:
-    """Click the invisible marker of patch ``(row, col)`` (trace ``trace`` holds one marker per patch)."""
+RETRIES: list[str] = []
+"""Clicks that had to be repeated (what was expected), for the benchmark's report."""
+
+
+def click_until(page: Any, x: float, y: float, text: str, tries: int = 3, wait_ms: int = 8_000) -> None:
+    """Click at ``(x, y)`` until ``text`` appears and the rerun has finished.
+
+    A click that lands while the page is still applying the previous rerun can be dropped by the browser's
+    plotly chart; it is repeated (at most ``tries`` times, each recorded in :data:`RETRIES`).
+    """
+    for attempt in range(tries):
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        try:
+            page.get_by_text(text).first.wait_for(timeout=wait_ms if attempt < tries - 1 else 60_000)
+            break
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            RETRIES.append(text)
+    settle(page)
+
+
+def click_patch_marker(page: Any, chart_key: str, trace: int, row: int, col: int, grid_width: int,
+                       text: str) -> None:
+    """Click the invisible marker of patch ``(row, col)`` (trace ``trace`` holds one marker per patch) until
+    ``text`` shows."""
     at = point_position(page, chart_key, trace, row * grid_width + col)
-    page.mouse.move(at["x"], at["y"])
-    page.mouse.click(at["x"], at["y"])
+    click_until(page, at["x"], at["y"], text)
 
 
 def choose_view(page: Any, label: str) -> None:

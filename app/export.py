@@ -50,7 +50,7 @@ def export_bar(figures: list[ExportFigure], key: str, stem: str,
     if not figures and not csv:
         st.caption("Nothing to export in this view.")
         return
-    columns = st.columns([3, 1, 1, *([1] * len(csv or {}))], vertical_alignment="bottom")
+    columns = st.columns([2.4, 1, 1, *([1.5] * len(csv or {}))], vertical_alignment="bottom")
     if figures:
         names = [f.name for f in figures]
         if st.session_state.get(f"{key}_figure") not in names:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from tcpa_core import TokenLayout
 
 SELECTED_COLOUR = "red"
+MAX_PROMPT_TICKS = 40
+"""Prompt-column tick labels per matrix row of panels (more are sampled; hover names every column)."""
 
 
 def image_grid_figure(display: np.ndarray, grid_size: tuple[int, int], selected: tuple[int, int],
@@ -184,14 +186,14 @@ def selection_map_figure(image_assign: np.ndarray, layout: TokenLayout, display:
         scale += [[i / n, colour], [(i + 1) / n, colour]]
     img = as_rgb_uint8(display)
     height, width = img.shape[:2]
-    text = np.array(labels, dtype=object)[index]
-    short = np.vectorize(lambda t: t.split(" ")[1])(text)
+    short = np.array([t.split(" ")[1] for t in labels])[index]
+    prefix = "img" if mode == "top1" else "set"
     fig = go.Figure([
         go.Image(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
                  hoverinfo="skip"),
-        go.Heatmap(z=index + 0.5, zmin=0, zmax=n, colorscale=scale, opacity=alpha, text=text, customdata=short,
-                   texttemplate="%{customdata}" if max(h, w) <= 16 else "", textfont=dict(size=10),
-                   hovertemplate="patch (%{y}, %{x}): %{text}<extra></extra>", xgap=1, ygap=1,
+        go.Heatmap(z=index + 0.5, zmin=0, zmax=n, colorscale=scale, opacity=alpha, text=short,
+                   texttemplate="%{text}" if max(h, w) <= 16 else "", textfont=dict(size=10),
+                   hovertemplate=f"patch (%{{y}}, %{{x}}): {prefix} %{{text}}<extra></extra>", xgap=1, ygap=1,
                    colorbar=dict(tickvals=[i + 0.5 for i in range(n)], ticktext=labels, thickness=12,
                                  len=min(1.0, 0.06 * n + 0.2))),
     ])
@@ -447,9 +449,11 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
             colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
         ), 1, i)
         prefix, prompts = layout.num_prefix, layout.num_prompt_keys
-        ticks = keys[:prefix + prompts] + ([keys[prefix + prompts + layout.num_patches // 2]]
-                                           if layout.num_patches else [])
-        texts = keys[:prefix + prompts] + (["patches"] if layout.num_patches else [])
+        step = max(1, -(-prompts // (MAX_PROMPT_TICKS // len(panels))))
+        shown = [*range(prefix), *range(prefix, prefix + prompts, step)]
+        ticks = [keys[j] for j in shown] + ([keys[prefix + prompts + layout.num_patches // 2]]
+                                            if layout.num_patches else [])
+        texts = [keys[j] for j in shown] + (["patches"] if layout.num_patches else [])
         fig.update_xaxes(type="category", tickvals=ticks, ticktext=texts, tickangle=-90, tickfont=dict(size=8),
                          title_text=f"key ({len(keys)})", row=1, col=i)
         fig.update_yaxes(type="category", tickvals=[*queries[:prefix], queries[prefix + layout.num_patches // 2]],
@@ -494,13 +498,20 @@ def tsne_figure(embedding: np.ndarray, labels: np.ndarray, predictions: np.ndarr
         sel = np.flatnonzero(labels == cls)
         name = class_names[cls] if cls < len(class_names) else str(cls)
         fig.add_trace(go.Scatter(
-            x=embedding[sel, 0], y=embedding[sel, 1], mode="markers", name=f"class {name}",
+            x=embedding[sel, 0], y=embedding[sel, 1], mode="markers", name=f"class {name}", showlegend=False,
+            legendgroup=f"c{cls}",
             customdata=np.stack([indices[sel], predictions[sel]], axis=-1),
             marker=dict(size=np.where(wrong[sel], 9, 6), color=colours[cls],
                         symbol=np.where(wrong[sel], "x", "circle"), line=dict(width=0)),
             hovertemplate=f"test image %{{customdata[0]}}<br>class {name}, predicted %{{customdata[1]}}"
                           "<extra></extra>",
         ))
+    for cls in classes:
+        name = class_names[cls] if cls < len(class_names) else str(cls)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"class {name}", legendgroup=f"c{cls}",
+                                 marker=dict(size=7, color=colours[cls], symbol="circle")))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="misclassified",
+                             marker=dict(size=8, color="gray", symbol="x")))
     if current is not None and current in set(indices.tolist()):
         at = int(np.flatnonzero(indices == current)[0])
         fig.add_trace(go.Scatter(x=[embedding[at, 0]], y=[embedding[at, 1]], mode="markers", name="current image",

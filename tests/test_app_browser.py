@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir
 
+from app.browser_steps import choose_view, click_patch_marker, click_until, point_position, settle
+
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -61,7 +63,11 @@ def server(tmp_path: Path) -> Iterator[str]:
                 process.wait(timeout=15)
 
 
-def download_png(page: Any, idle: str) -> tuple[str, bytes]:
+SCREENSHOTS_ENV = "TCPA_VIZ_SCREENSHOTS"
+"""Folder where the browser test also copies its screenshots (to look at them; default: only pytest's tmp)."""
+
+
+def download_png(page: Any) -> tuple[str, bytes]:
     """Press the PNG export button; returns the file's suggested name and its bytes.
 
     Export files are produced on demand by callables that every script run registers anew, so a press that
@@ -72,7 +78,7 @@ def download_png(page: Any, idle: str) -> tuple[str, bytes]:
 
     def press() -> tuple[str, bytes]:
         page.wait_for_timeout(1000)
-        page.wait_for_function(idle)
+        settle(page)
         with page.expect_download(timeout=20_000) as download:
             page.locator(".st-key-sel_export_png button").click()
         return download.value.suggested_filename, Path(download.value.path()).read_bytes()
@@ -83,61 +89,81 @@ def download_png(page: Any, idle: str) -> tuple[str, bytes]:
         return press()
 
 
+def shoot(page: Any, folder: Path, name: str) -> Path:
+    """Save a screenshot of the whole page (and a copy under ``$TCPA_VIZ_SCREENSHOTS`` when set)."""
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get(SCREENSHOTS_ENV):
+        target = Path(os.environ[SCREENSHOTS_ENV])
+        target.mkdir(parents=True, exist_ok=True)
+        (target / path.name).write_bytes(path.read_bytes())
+    return path
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_click_a_patch_in_a_real_browser(server: str, tmp_path: Path) -> None:
+@pytest.mark.timeout(600)
+def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
+    """Clicks a patch on the image, steps the layer, exports a PNG, opens the prompt map, picks a patch on the
+    Attention overlay, runs the t-SNE and clicks a point, which makes that test image the current one."""
     if not Path(chromium_path()).is_file():
         pytest.skip(f"no Chromium at {chromium_path()} (install the Debian package `chromium` or set {CHROMIUM_ENV})")
     from playwright.sync_api import sync_playwright
 
-    screenshot = tmp_path / "dashboard.png"
+    shots = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1500}, accept_downloads=True)
         try:
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.goto(server, wait_until="domcontentloaded")
-            page.get_by_text("Selected patch (4, 4) at layer 5").wait_for(timeout=90_000)
+            settle(page, "Selected patch (4, 4) at layer 5", 180_000)
+            assert page.locator("[data-testid='stAppDeployButton']:visible").count() == 0
+            assert page.locator("[class*='st-key-patch_']").count() == 0, "no button per patch"
 
-            idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-            for row, col in [(1, 3), (6, 0), (0, 7), (5, 2)]:
-                page.locator(f".st-key-patch_{row}_{col} button").click()
-                page.get_by_text(f"Selected patch ({row}, {col}) at layer 5").wait_for()
-                page.wait_for_function(idle)
-                assert page.get_by_text(f"Image prompts selected by patch ({row}, {col}) at layer 5").is_visible()
-                assert page.locator(f".st-key-patch_{row}_{col} button[kind='primary']").count() == 1
-
+            click_patch_marker(page, "grid_chart", 3, 2, 3, 8, "Selected patch (2, 3) at layer 5")
             slider = page.locator(".st-key-w_layer input[type=range]")
-            for layer in (4, 3, 2):
-                slider.focus()
-                page.keyboard.press("ArrowLeft")
-                page.get_by_text(f"Selected patch (5, 2) at layer {layer}").wait_for()
-                page.wait_for_function(idle)
             slider.focus()
-            page.keyboard.press("End")
-            page.get_by_text("Selected patch (5, 2) at layer 5").wait_for()
-            page.wait_for_function(idle)
+            page.keyboard.press("ArrowLeft")
+            settle(page, "Selected patch (2, 3) at layer 4")
+            assert page.get_by_text("the baseline gives its 10 prompts").count() == 1
+            shots.append(shoot(page, tmp_path, "1_selection"))
+            name, png = download_png(page)
+            assert name.endswith("_patch2-3_layer4_image_and_patch_grid.png") and png.startswith(b"\x89PNG"), name
 
-            chart = page.locator(".st-key-grid_chart .nsewdrag").first
-            box = chart.bounding_box()
-            assert box is not None
-            x, y = box["x"] + box["width"] * 3.5 / 8, box["y"] + box["height"] * 2.5 / 8
-            page.mouse.move(x, y)
-            page.mouse.click(x, y)
-            page.get_by_text("Selected patch (2, 3) at layer 5").wait_for()
-            page.wait_for_function(idle)
+            page.locator(".st-key-sel_panel button").filter(has_text="image coloured by selected prompt").click()
+            settle(page, "layer 4: image prompt at rank 1 of every patch")
+            shots.append(shoot(page, tmp_path, "2_selection_prompt_map"))
+
+            choose_view(page, "Attention")
+            settle(page, "Attention of patch (2, 3) at layer 4")
+            click_patch_marker(page, "att_overlay", 2, 6, 1, 8, "Attention of patch (6, 1) at layer 4")
+            shots.append(shoot(page, tmp_path, "3_attention_patch_picked"))
+
+            choose_view(page, "Features (t-SNE)")
+            settle(page, "Run t-SNE")
+            count = page.locator(".st-key-tsne_count input")
+            count.fill("40")
+            count.press("Enter")
+            settle(page)
+            page.locator(".st-key-tsne_run button").click()
+            settle(page, "Accuracy per class on the sample", 240_000)
+            at = point_position(page, "tsne_TCPA", 1, 2)
+            index = int(at["customdata"][0])
+            assert index != 0
+            click_until(page, at["x"], at["y"], f"current: test image {index}")
+            shots.append(shoot(page, tmp_path, "4_tsne_point_clicked"))
+
+            choose_view(page, "Prompt selection")
+            settle(page, "Selected patch (6, 1) at layer 4")
+            assert page.get_by_text(f"test image {index} ·").count() == 1
             assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(screenshot))
-
-            name, png = download_png(page, idle)
-            assert name.endswith(".png") and png.startswith(b"\x89PNG")
+            shots.append(shoot(page, tmp_path, "5_selection_of_the_clicked_image"))
         except Exception as exc:
-            failure = tmp_path / "failure.png"
-            page.screenshot(path=str(failure))
+            failure = shoot(page, tmp_path, "failure")
             log = (tmp_path / "server.log").read_text()[-3000:]
             raise AssertionError(f"browser step failed ({exc}); page at {failure}; server log tail:\n{log}") from exc
         finally:
             browser.close()
-    assert screenshot.stat().st_size > 10_000
-    with Image.open(screenshot) as shot:
-        assert shot.size == (1500, 1500)
+    for shot in shots:
+        with Image.open(shot) as image:
+            assert image.size[0] == 1500 and image.size[1] >= 1500, shot

@@ -85,7 +85,7 @@ def render(ctx: ImageContext) -> None:
         with column, st.spinner(f"t-SNE of {lm.info.label}..."):
             result, preds = tsne(lm.key, ctx.data_key, key, perplexity, lm, ctx.dataset)
             labels = np.asarray(result.labels)
-            title = f"{role}: {lm.info.label} (x = misclassified, ring = current image)"
+            title = f"{role}: {lm.info.label}"
             fig = tsne_figure(result.embedding, labels, preds, indices, names, current, title)
             chart = f"tsne_{role}"
             st.plotly_chart(fig, key=chart, on_select=lambda chart=chart: on_point_click(chart),
@@ -106,6 +106,7 @@ def render(ctx: ImageContext) -> None:
     table["images"] = [int(np.sum(labels == c)) for c in np.unique(labels)]
     st.markdown("**Accuracy per class on the sample**")
     st.dataframe(table.round(3).T, width="stretch")
-    st.caption(f"{len(indices)} test images, the classes balanced (round-robin over the classes). "
+    st.caption("Crosses: misclassified by that model; ring: the current image. "
+               f"{len(indices)} test images, the classes balanced (round-robin over the classes). "
                + " ".join(f"**{name}**: {text}." for name, text in METRICS.values()))
     export_bar(figures, key="tsne_export", stem=f"tsne_{len(indices)}")

@@ -156,7 +156,7 @@ def body(ctx: ImageContext) -> None:
         pool_usage_panel(ctx, figures)
 
     export_bar(figures, key="sel_export", stem=stem, csv={
-        "CSV (this image)": ("assignments", lambda: assignments_csv(
+        "CSV: image": ("assignments", lambda: assignments_csv(
             layout, {l: cap.cls_assign[l][None] for l in range(cap.depth)} if cap.cls_assign is not None else None,
             {l: cap.image_assign[l][None] for l in range(cap.depth)}, [image.name],
             labels=[image.label], predictions=[int(np.argmax(cap.probs))])),
@@ -248,4 +248,4 @@ def batch_csv(ctx: ImageContext) -> dict[str, tuple[str, Callable[[], bytes]]]:
                                [f"test{i}" for i in range(batch.count)], labels=batch.labels,
                                predictions=batch.predictions)
 
-    return {"CSV (batch)": (f"assignments_first_{count}_test_images", build)}
+    return {"CSV: batch": (f"assignments_first_{count}_test_images", build)}
