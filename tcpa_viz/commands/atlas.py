@@ -14,14 +14,16 @@ from typing import Any
 from tcpa_core.distributed import is_main_process
 from tcpa_core.errors import DatasetError
 
-from ..cli import _add_data_args, _dataset_spec, _open_split, _resolve_model_dir, _say, _transforms, command
+from ..cli import _add_data_args, _dataset_spec, _open_split, _say, _transforms, command
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from tcpa_core.checkpoint import load_checkpoint, read_checkpoint_meta
     from tcpa_core.train import resolve_device
 
-    path = _resolve_model_dir(args.model)
+    from ..models import resolve_checkpoint
+
+    path = resolve_checkpoint(args.model)
     meta = read_checkpoint_meta(path)
     model = load_checkpoint(path, device=resolve_device(args.device or "auto")).eval()
     if args.dataset:
