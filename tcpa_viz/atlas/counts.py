@@ -140,7 +140,8 @@ class PoolCounts:
     seed: int = 0
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     sets: SetTable = field(default_factory=lambda: SetTable(0, 0))
-    sample: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0), np.zeros(0), np.zeros(0)))
 
     def __post_init__(self) -> None:
         n, k, c, s, t = self.size, self.topk, self.num_classes, self.num_shuffles, self.tokens

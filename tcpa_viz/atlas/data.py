@@ -14,13 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tcpa_core.data.datasets import dataset_size
 from tcpa_core.distributed import get_rank, get_world_size, shard_indices
 from tcpa_core.errors import DatasetError, EmptyDatasetError
+from tcpa_core.model import PromptedViT
 
 
 def _base(data: Dataset, index: int) -> tuple[Dataset, int]:
     while isinstance(data, Subset):
-        data, index = data.dataset, int(data.indices[index])
+        data, index = data.dataset, int(data.indices[index])  # type: ignore[attr-defined]
     return data, index
 
 
@@ -33,7 +35,7 @@ def dataset_labels(data: Dataset) -> np.ndarray:
         values = getattr(data, name, None)
         if values is not None:
             return np.asarray(values.tolist() if torch.is_tensor(values) else list(values), dtype=np.int64)
-    return np.asarray([int(data[i][1]) for i in range(len(data))], dtype=np.int64)
+    return np.asarray([int(data[i][1]) for i in range(dataset_size(data))], dtype=np.int64)
 
 
 def _raw_size(base: Dataset, index: int) -> tuple[int, int]:
@@ -47,7 +49,7 @@ def _raw_size(base: Dataset, index: int) -> tuple[int, int]:
     raise DatasetError(f"{type(base).__name__} has boxes but neither a size nor raw_image(); cannot place them.")
 
 
-def input_boxes(data: Dataset, model: torch.nn.Module) -> np.ndarray | None:
+def input_boxes(data: Dataset, model: PromptedViT) -> np.ndarray | None:
     """Ground-truth object boxes ``[N, 4]`` (x0, y0, x1, y1; ends exclusive) in model-input pixels, or ``None``
     when the dataset has no ``boxes`` attribute (e.g. every torchvision dataset).
 
@@ -97,11 +99,11 @@ def shard_loader(data: Dataset, batch_size: int, num_workers: int = 0, device: t
                  ) -> DataLoader:
     """Batches ``(images, labels, global indices)`` of this rank's strided shard (every index on exactly one
     rank; the whole dataset without ``torchrun``)."""
-    if len(data) == 0:
+    if dataset_size(data) == 0:
         raise EmptyDatasetError("the dataset has no samples; check the split and --max-samples.")
     if batch_size < 1:
         raise DatasetError(f"batch_size must be >= 1, got {batch_size}.")
-    shard = shard_indices(len(data), get_rank(), get_world_size())
+    shard = shard_indices(dataset_size(data), get_rank(), get_world_size())
     pin = device is not None and device.type == "cuda"
     return DataLoader(_Indexed(data, shard), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin)

@@ -231,24 +231,31 @@ def importance_figure(result: ImportanceResult, top: int = 15) -> tuple[Figure, 
     fig = Figure(figsize=(12, 0.3 * top + 2))
     ax_entries, ax_rules = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.3]})
     pfig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
-                         subplot_titles=["largest accuracy drops", "selection rules"])
+                         subplot_titles=["largest true-logit drops", "selection rules"])
     modes = [m for m in ("mask", "remove") if result.entries(m)]
-    ranked = sorted({(r["layer"], r["pool"], r["entry"]) for m in modes for r in result.ranking(m, top)},
-                    key=lambda k: min(r["delta_accuracy"] for r in result.entries() if
-                                      (r["layer"], r["pool"], r["entry"]) == k))[:top]
+    worst: dict[tuple[Any, str, Any], float] = {}
+    for r in result.entries():
+        key = (r["layer"], r["pool"], r["entry"])
+        worst[key] = min(worst.get(key, np.inf), r["delta_true_logit"])
+    ranked = sorted(worst, key=lambda k: worst[k])[:top]
     labels = [f"block {x} {p} {e}" for x, p, e in ranked]
     y = np.arange(len(ranked))
     for i, m in enumerate(modes):
         by_key = {(r["layer"], r["pool"], r["entry"]): r for r in result.entries(m)}
-        values = [100 * by_key[k]["delta_accuracy"] if k in by_key else 0.0 for k in ranked]
+        values = [by_key[k]["delta_true_logit"] if k in by_key else 0.0 for k in ranked]
+        accs = [100 * by_key[k]["delta_accuracy"] if k in by_key else 0.0 for k in ranked]
         ax_entries.barh(y + (i - 0.5) * 0.4, values, 0.4, label=m)
-        pfig.add_trace(go.Bar(y=labels, x=values, orientation="h", name=m), 1, 1)
+        for yy, v, acc in zip(y + (i - 0.5) * 0.4, values, accs, strict=True):
+            ax_entries.text(v, yy, f" {acc:+.1f} pt", va="center", ha="right" if v < 0 else "left", fontsize=6)
+        pfig.add_trace(go.Bar(y=labels, x=values, orientation="h", name=m, customdata=accs,
+                              hovertemplate="%{y}: true logit %{x:+.3f}, accuracy %{customdata:+.2f} pt"), 1, 1)
     ax_entries.set_yticks(y, labels, fontsize=7)
     ax_entries.invert_yaxis()
-    ax_entries.set_xlabel("change of accuracy (points)")
+    ax_entries.set_xlabel("mean change of the true-class logit (labels: change of accuracy)")
     ax_entries.axvline(0, color="k", lw=0.6)
     ax_entries.legend(fontsize=7)
-    ax_entries.set_title(f"Single-entry ablations (base accuracy {100 * result.base_accuracy:.2f}%)", fontsize=9)
+    ax_entries.set_title(f"Single-entry ablations with the largest true-logit drop (base accuracy "
+                         f"{100 * result.base_accuracy:.2f}%, {result.num_images} images)", fontsize=9)
     rules = result.rules()
     names = ["top-k", *[r["mode"] for r in rules]]
     accs = [100 * result.base_accuracy, *[100 * r["accuracy"] for r in rules]]
@@ -256,6 +263,7 @@ def importance_figure(result: ImportanceResult, top: int = 15) -> tuple[Figure, 
     for i, a in enumerate(accs):
         ax_rules.text(i, a, f"{a:.1f}", ha="center", va="bottom", fontsize=7)
     ax_rules.set_ylabel("accuracy (%)")
+    ax_rules.set_ylim(max(0.0, min(accs) - 10.0), min(100.0, max(accs) + 3.0))
     ax_rules.set_title("Selection rule in every block", fontsize=9)
     pfig.add_trace(go.Bar(x=names, y=accs, name="accuracy", showlegend=False), 1, 2)
     fig.tight_layout()

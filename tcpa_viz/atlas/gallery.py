@@ -13,7 +13,7 @@ for CLS entries), resized to a common size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,13 +28,13 @@ class GalleryBuffer:
 
     entries: int
     size: int
-    score: np.ndarray | None = None
-    image: np.ndarray | None = None
-    patch: np.ndarray | None = None
-    rank: np.ndarray | None = None
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    patch: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self) -> None:
-        if self.score is None:
+        if self.score.ndim == 1:
             shape = (self.entries, 0)
             self.score, self.image = np.zeros(shape), np.zeros(shape, np.int64)
             self.patch, self.rank = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
@@ -118,5 +118,5 @@ def gallery_crops(buffer: GalleryBuffer, image_of: Callable[[int], np.ndarray], 
                 y0, y1 = int(max(0, r - context) * ph), int(min(h, r + context + 1) * ph)
                 x0, x1 = int(max(0, c - context) * pw), int(min(w, c + context + 1) * pw)
                 picture = picture[y0:y1, x0:x1]
-            out[e, j] = np.asarray(Image.fromarray(picture).resize((crop_size, crop_size), Image.NEAREST))
+            out[e, j] = np.asarray(Image.fromarray(picture).resize((crop_size, crop_size), Image.Resampling.NEAREST))
     return out

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from tcpa_core import capture, intervene
 from tcpa_core.distributed import all_reduce_sum, is_main_process
 from tcpa_core.errors import PromptConfigError
+from tcpa_core.model import PromptedViT
 
 from .data import shard_loader
 from .stats import ASSIGN_NAMES, _check_model, _resolve_layers
@@ -85,7 +86,7 @@ def _check_names(values: Iterable[str], allowed: Sequence[str], what: str) -> li
 
 @torch.no_grad()
 def prompt_importance(
-    model: torch.nn.Module,
+    model: PromptedViT,
     dataset: Dataset,
     layers: Any = None,
     *,
@@ -184,20 +185,20 @@ def prompt_importance(
         model.train(was_training)
     flat = all_reduce_sum([base_correct, images_seen, *sums.ravel(), *rule_sums.ravel()])
     base_correct, n = flat[0], flat[1]
-    sums = np.asarray(flat[2:2 + sums.size]).reshape(sums.shape)
-    rule_sums = np.asarray(flat[2 + sums.size:]).reshape(rule_sums.shape)
+    job_totals = np.asarray(flat[2:2 + sums.size]).reshape(sums.shape)
+    rule_totals = np.asarray(flat[2 + sums.size:]).reshape(rule_sums.shape)
     base_acc = float(base_correct / n)
     result = ImportanceResult(base_accuracy=base_acc, num_images=int(n))
 
-    def row(layer: Any, p: str, e: int | None, mode: str, s: np.ndarray, selecting: Any) -> dict[str, Any]:
-        s = [float(v) for v in s]
+    def row(layer: Any, p: str, e: int | None, mode: str, totals: np.ndarray, selecting: Any) -> dict[str, Any]:
+        s = [float(v) for v in totals]
         return {"layer": layer, "pool": p, "entry": e, "mode": mode, "accuracy": s[0] / n,
                 "delta_accuracy": s[0] / n - base_acc, "delta_true_logit": s[1] / n, "base_accuracy": base_acc,
                 "changed_predictions": s[2] / n, "images_selecting": selecting, "images": int(n)}
 
-    for (layer, p, e, mode), s in zip(jobs, sums, strict=True):
+    for (layer, p, e, mode), s in zip(jobs, job_totals, strict=True):
         result.rows.append(row(layer, p, e, mode, s, int(s[3])))
-    for rule, s in zip(rule_list, rule_sums, strict=True):
+    for rule, s in zip(rule_list, rule_totals, strict=True):
         result.rows.append(row("all", "all", None, rule, s, None))
     return result
 

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
+
+from tcpa_core.model import PromptedViT
 
 from ..saving import save_figure
 from ..tables import jsonable, write_rows_csv
@@ -53,14 +54,15 @@ def _save(pair: Any, out: Path, stem: str, formats: Iterable[str]) -> list[Path]
     return paths
 
 
-def image_reader(model: torch.nn.Module, dataset: Dataset) -> Callable[[int], np.ndarray]:
+def image_reader(model: PromptedViT, dataset: Dataset) -> Callable[[int], np.ndarray]:
     """``index -> uint8 [H, W, 3]``: the model-input picture of a sample (normalisation undone)."""
-    from ..figures.common import display_image
+    from ..models import display_image
 
-    return lambda index: display_image(model, dataset[index][0])
+    config = model.data_config
+    return lambda index: display_image(dataset[index][0], config)
 
 
-def write_atlas(atlas: PromptAtlas, out_dir: str | Path, model: torch.nn.Module, dataset: Dataset,
+def write_atlas(atlas: PromptAtlas, out_dir: str | Path, model: PromptedViT, dataset: Dataset,
                 figure_layers: Iterable[int] | None = None, formats: Iterable[str] = ("png", "html")) -> list[Path]:
     """Write ``usage.csv``, ``atlas.json``, ``gallery.npz`` and the figures into ``out_dir``; spatial maps and
     galleries for ``figure_layers`` (default: every analysed block). Returns the written paths."""
@@ -76,7 +78,7 @@ def write_atlas(atlas: PromptAtlas, out_dir: str | Path, model: torch.nn.Module,
     for (layer, pool), buffer in sorted(atlas.galleries.items()):
         crops[f"L{layer}_{pool}"] = gallery_crops(buffer, reader, atlas.grid)
     if crops:
-        np.savez_compressed(out / GALLERY_FILE, **crops)
+        np.savez_compressed(out / GALLERY_FILE, **crops)  # type: ignore[arg-type]
         paths.append(out / GALLERY_FILE)
     paths += _save(F.usage_heatmap(atlas), out, "atlas_usage", formats)
     paths += _save(F.usage_by_class(atlas), out, "atlas_usage_by_class", formats)
@@ -104,7 +106,7 @@ def write_ablation(result: ImportanceResult, out_dir: str | Path, formats: Itera
     return paths + _save(F.importance_figure(result), out, "importance", tuple(formats))
 
 
-def run_demo_atlas(model: torch.nn.Module, test_data: Dataset, out_dir: str | Path,
+def run_demo_atlas(model: PromptedViT, test_data: Dataset, out_dir: str | Path,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The demo's atlas step: the atlas of every block on ``test_data`` (figures of the last block), the three
     selection rules and the single-entry ablations of the last block, written into ``out_dir``.

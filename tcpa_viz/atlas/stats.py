@@ -25,8 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from tcpa_core import capture
+from tcpa_core.data.datasets import dataset_size
 from tcpa_core.distributed import all_gather_objects, default_device, is_distributed, is_main_process
 from tcpa_core.errors import PromptConfigError, UnsupportedModelError
+from tcpa_core.model import PromptedViT
 
 from .counts import (
     PoolCounts,
@@ -226,7 +228,7 @@ class PromptAtlas:
                 "collapse": self.collapse_messages(), "blocks": blocks}
 
 
-def _resolve_layers(model: torch.nn.Module, layers: Any) -> list[int]:
+def _resolve_layers(model: PromptedViT, layers: Any) -> list[int]:
     depth = model.depth
     chosen = list(range(depth)) if layers is None else [int(x) for x in layers]
     bad = [x for x in chosen if not -depth <= x < depth]
@@ -236,7 +238,7 @@ def _resolve_layers(model: torch.nn.Module, layers: Any) -> list[int]:
     return sorted({x % depth for x in chosen})
 
 
-def _check_model(model: torch.nn.Module) -> None:
+def _check_model(model: PromptedViT) -> None:
     config = getattr(model, "config", None)
     if config is None or not getattr(config, "uses_token_matching", False):
         method = getattr(config, "method", type(model).__name__)
@@ -288,7 +290,7 @@ def _reduce(counts: dict[tuple[int, str], PoolCounts], galleries: dict[tuple[int
 
 @torch.no_grad()
 def prompt_atlas(
-    model: torch.nn.Module,
+    model: PromptedViT,
     dataset: Dataset,
     batch_size: int = 64,
     *,
@@ -330,6 +332,7 @@ def prompt_atlas(
         raise PromptConfigError("gallery_size and num_shuffles must be >= 0 and jaccard_sample >= 2.")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
+    n_images = dataset_size(dataset)
     labels = dataset_labels(dataset)
     num_classes = int(model.num_classes)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -337,21 +340,22 @@ def prompt_atlas(
 
         raise DatasetError(f"labels span {labels.min()}..{labels.max()} but the model has {num_classes} classes.")
     notes: list[str] = []
-    box_array = input_boxes(dataset, model) if isinstance(boxes, str) and boxes == "auto" else boxes
+    box_array = input_boxes(dataset, model) if isinstance(boxes, str) else boxes
     if box_array is None:
         notes.append("object statistics skipped: the dataset has no object boxes (only the digits demo task "
                      "and datasets with a `boxes` attribute have them).")
-    elif len(box_array) != len(dataset):
+    elif len(box_array) != n_images:
         from tcpa_core.errors import DatasetError
 
-        raise DatasetError(f"boxes has {len(box_array)} rows for {len(dataset)} images.")
+        raise DatasetError(f"boxes has {len(box_array)} rows for {n_images} images.")
     rng = np.random.default_rng([seed, 91827])
-    perms = np.stack([rng.permutation(len(dataset)) for _ in range(num_shuffles)]) if num_shuffles else \
-        np.zeros((0, len(dataset)), np.int64)
+    perms = np.stack([rng.permutation(n_images) for _ in range(num_shuffles)]) if num_shuffles else \
+        np.zeros((0, n_images), dtype=np.int64)
     shuffled_labels = labels[perms].astype(np.int32)
     cfg = model.config
     _, height, width = model.data_config["input_size"]
-    grid = tuple(int(g) for g in model.backbone.patch_embed.grid_size)
+    gh, gw = (int(g) for g in model.backbone.patch_embed.grid_size)
+    grid = (gh, gw)
     num_patches = grid[0] * grid[1]
     has_cls = model.num_prefix > 0
     pools = [p for p in POOLS if p == "image" or has_cls]
@@ -401,7 +405,7 @@ def prompt_atlas(
             "num_shuffles": num_shuffles, "gallery_size": gallery_size if with_sims else 0,
             "pool_sizes": {p: sizes[p][0] for p in pools}, "topk": {p: sizes[p][1] for p in pools},
             "log_pool_sets": {p: math.log2(math.comb(sizes[p][0], sizes[p][1])) for p in pools}}
-    return PromptAtlas(layers=chosen, num_images=len(dataset), num_classes=num_classes, grid=grid,
+    return PromptAtlas(layers=chosen, num_images=n_images, num_classes=num_classes, grid=grid,
                        input_size=(int(height), int(width)), counts=counts, galleries=galleries,
                        class_names=[str(c) for c in class_names] if class_names else None, notes=notes,
                        criteria=criteria or CollapseCriteria(), meta=meta)
