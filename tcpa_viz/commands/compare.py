@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sized
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from tcpa_core.config import PromptConfig
+from tcpa_core.data import dataset_size
 from tcpa_core.distributed import is_main_process
 from tcpa_core.errors import DatasetError
 from tcpa_core.model import PromptedViT
@@ -80,7 +80,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     source = _backbone_source(args)
 
     def factory(prompt: PromptConfig) -> PromptedViT:
-        return cast(PromptedViT, _build_model(source, prompt, len(classes)))
+        return _build_model(source, prompt, len(classes))
 
     probe = factory(method_prompt_config(cfg.methods[0], cfg.prompt))
     train_tf, eval_tf = _transforms(probe, args.dataset, not args.no_augment)
@@ -89,7 +89,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                        test=_open_split(spec, "test", eval_tf),
                        meta={"dataset": spec, "class_names": classes, "backbone_source": source})
     out = Path(args.out)
-    sizes = [len(cast(Sized, split)) for split in (data.train, data.val, data.test)]
+    sizes = [dataset_size(split) for split in (data.train, data.val, data.test)]
     _say(f"comparing {', '.join(cfg.methods)} on {args.dataset} ({sizes[0]} train / {sizes[1]} val / "
          f"{sizes[2]} test images) with backbone {source['name']}: seeds {', '.join(map(str, cfg.seeds))}, "
          f"lr grid {', '.join(f'{lr:g}' for lr in cfg.lrs)} at seed {cfg.seeds[0]}; outputs in {out}")

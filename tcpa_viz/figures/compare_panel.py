@@ -39,7 +39,8 @@ class ComparePoint:
     metric: str = "test"
 
     @property
-    def is_tcpa(self) -> bool:
+    def tcpa_family(self) -> bool:
+        """A method of the TCPA family (drawn as a star)."""
         return self.role == "tcpa"
 
 
@@ -100,7 +101,7 @@ def draw_compare_matplotlib(ax: Any, points: Sequence[ComparePoint]) -> None:
         return
     for p, color in zip(points, _colors(points), strict=True):
         ax.errorbar(p.seconds_per_epoch, 100 * p.accuracy, xerr=p.seconds_std, yerr=100 * p.accuracy_std,
-                    fmt="*" if p.is_tcpa else "o", markersize=13 if p.is_tcpa else 8, color=color, capsize=3,
+                    fmt="*" if p.tcpa_family else "o", markersize=13 if p.tcpa_family else 8, color=color, capsize=3,
                     zorder=3, label=f"{p.label}: {100 * p.accuracy:.1f} ± {100 * p.accuracy_std:.1f}%, "
                                     f"{p.seconds_per_epoch:.1f} s")
     xrange, yrange = compare_ranges(points)

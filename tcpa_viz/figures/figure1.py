@@ -88,6 +88,16 @@ class TimingPoint:
     tcpa_family: bool = False
 
 
+ChartPoint = TimingPoint | ComparePoint
+"""A method on the time-vs-accuracy chart: from a demo/run summary, or from ``compare.csv`` (with error bars)."""
+
+
+def _compare_only(points: Sequence[ChartPoint]) -> list[ComparePoint] | None:
+    """``points`` when every one comes from ``compare.csv`` (then the chart gets error bars), else None."""
+    compared = [p for p in points if isinstance(p, ComparePoint)]
+    return compared if compared and len(compared) == len(points) else None
+
+
 def query_views(patches: QueryPatches) -> list[QueryView]:
     """CLS, the object patch and the background patch."""
     obj, bg = patches.object_patch, patches.background_patch
@@ -155,7 +165,7 @@ def _draw_bars(ax: Any, ta: TokenAttention, ymax: float) -> None:
             transform=ax.transAxes, ha="right", va="top", fontsize="x-small")
 
 
-def _chart_ranges(points: Sequence[TimingPoint]) -> tuple[list[float], list[float]]:
+def _chart_ranges(points: Sequence[ChartPoint]) -> tuple[list[float], list[float]]:
     """Axis ranges of the time/accuracy chart with room for the labels right of the markers."""
     if not points:
         return [0.0, 1.0], [0.0, 100.0]
@@ -165,7 +175,7 @@ def _chart_ranges(points: Sequence[TimingPoint]) -> tuple[list[float], list[floa
     return [max(0.0, min(xs) - xpad), max(xs) + 2.5 * xpad], [min(ys) - ypad, min(100.0, max(ys) + ypad) + 0.5]
 
 
-def _time_accuracy_matplotlib(ax: Any, points: Sequence[TimingPoint]) -> None:
+def _time_accuracy_matplotlib(ax: Any, points: Sequence[ChartPoint]) -> None:
     if not points:
         ax.text(0.5, 0.5, "no training time / accuracy recorded for these checkpoints", ha="center", va="center",
                 transform=ax.transAxes)
@@ -188,7 +198,7 @@ def _time_accuracy_matplotlib(ax: Any, points: Sequence[TimingPoint]) -> None:
 
 
 def figure1_matplotlib(image: np.ndarray, views: Sequence[QueryView], rows: Sequence[tuple[str, list[TokenAttention]]],
-                       object_box: tuple[float, float, float, float] | None, points: Sequence[TimingPoint],
+                       object_box: tuple[float, float, float, float] | None, points: Sequence[ChartPoint],
                        title: str) -> Figure:
     """Static Fig. 1. ``rows``: ``(row title, one TokenAttention per view)`` per model; ``image`` ``[H, W, 3]``."""
     fig = Figure(figsize=(10.5, 12.5), layout="constrained")
@@ -208,13 +218,16 @@ def figure1_matplotlib(image: np.ndarray, views: Sequence[QueryView], rows: Sequ
                 ax.set_ylabel(row_title, fontsize="large")
             _draw_bars(top.add_subplot(grid[2 * m + 1, j]), ta, ymax if ymax > 0 else 1.0)
     top.suptitle(title, fontsize="medium")
-    compared = bool(points) and isinstance(points[0], ComparePoint)
-    (draw_compare_matplotlib if compared else _time_accuracy_matplotlib)(bottom.add_subplot(), points)
+    compared = _compare_only(points)
+    if compared is not None:
+        draw_compare_matplotlib(bottom.add_subplot(), compared)
+    else:
+        _time_accuracy_matplotlib(bottom.add_subplot(), points)
     return fig
 
 
 def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence[tuple[str, list[TokenAttention]]],
-                   object_box: tuple[float, float, float, float] | None, points: Sequence[TimingPoint],
+                   object_box: tuple[float, float, float, float] | None, points: Sequence[ChartPoint],
                    title: str) -> Any:
     """Interactive Fig. 1 (hover gives each patch's and prompt column's weight)."""
     import plotly.graph_objects as go
@@ -274,8 +287,9 @@ def figure1_plotly(image: np.ndarray, views: Sequence[QueryView], rows: Sequence
     xrange, yrange = _chart_ranges(points)
     fig.update_xaxes(title_text="training time per epoch (s)", range=xrange, row=last, col=1)
     fig.update_yaxes(title_text=f"{metric} accuracy (%)", range=yrange, row=last, col=1)
-    if points and isinstance(points[0], ComparePoint):
-        decorate_compare_plotly(fig, points, row=last, col=1)
+    compared = _compare_only(points)
+    if compared is not None:
+        decorate_compare_plotly(fig, compared, row=last, col=1)
     fig.update_layout(title=dict(text=title.replace("\n", "<br>"), font=dict(size=13)), width=1100, height=1400,
                       barmode="overlay", margin=dict(t=165))
     return fig
@@ -323,7 +337,8 @@ def figure1(
         predicted = int(predict(loaded.model, images)[0])
         rows.append((_row_title(loaded, predicted, names), [token_attention(weights, layout, v.query) for v in views]))
     compare = compare or find_compare_csv(demo_dir)
-    points = compare_points(compare) if compare else timing_points(base, tc, _read_summary(summary, demo_dir))
+    points: list[ChartPoint] = []
+    points += compare_points(compare) if compare else timing_points(base, tc, _read_summary(summary, demo_dir))
     label = int(labels_of(dataset)[index])
     label_name = names[label] if names and label < len(names) else str(label)
     block = layer % depth
