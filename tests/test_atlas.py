@@ -269,7 +269,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         np.testing.assert_allclose(ddp["gallery"][key][0], score, rtol=0, atol=1e-6)
         # slots whose similarity is a near-tie (within float noise of another slot, e.g. the CLS token of block 0,
         # which is the same vector for every image) may hold either image; every other slot must match
-        gaps = np.abs(score[:, :, None] - score[:, None, :]) + np.eye(score.shape[1]) * np.inf
+        gaps = np.where(np.eye(score.shape[1], dtype=bool), np.inf, np.abs(score[:, :, None] - score[:, None, :]))
         distinct = gaps.min(-1) > 1e-5
         np.testing.assert_array_equal(ddp["gallery"][key][1][distinct], image[distinct])
         np.testing.assert_array_equal(ddp["gallery"][key][2][distinct], patch[distinct])
