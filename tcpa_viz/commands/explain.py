@@ -32,11 +32,12 @@ def _positive(text: str) -> int:
 def _run_explain(args: argparse.Namespace) -> int:
     from tcpa_core.distributed import is_main_process
 
-    from ..figures.common import DataSpec, load_model, resolve_data
+    from ..figures.common import DataSpec, resolve_data
+    from ..models import load_run
 
     if not is_main_process():
         return 0
-    models = [load_model(path, backbone=args.backbone, backbone_weights=args.checkpoint)
+    models = [load_run(path, backbone=args.backbone, backbone_weights=args.checkpoint)
               for path in ([args.baseline] if args.baseline else []) + [args.model]]
     if len(models) == 2 and models[0].label == models[1].label:
         models[0].label = f"{models[0].label} (baseline)"
