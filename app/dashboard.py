@@ -3,7 +3,7 @@
 Run ``tcpa-viz app`` or ``streamlit run app/dashboard.py [-- --demo-dir DIR --checkpoint PATH ...]``.
 Without arguments the checkpoints under ``demo_out/`` (written by ``make demo``) are listed; the
 environment variables ``TCPA_VIZ_DEMO_DIR`` and ``TCPA_VIZ_CHECKPOINTS`` (paths separated by the OS path
-separator) do the same as the options. ``TCPA_VIZ_THREADS`` sets the torch threads of the server (default 1).
+separator) do the same as the options. ``TCPA_VIZ_THREADS`` sets the CPU threads of the server (default 1).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from app.loading import LoadedModel, PreparedImage
+    from app.loading import DashboardModel, PreparedImage
     from app.sidebar import ModelChoice
 
 # Streamlit renders bare string expressions of this script ("magic"), so notes here are comments.
-THREADS_ENV = "TCPA_VIZ_THREADS"  # torch threads of the dashboard process (default 1)
+THREADS_ENV = "TCPA_VIZ_THREADS"  # CPU threads of the dashboard process (default 1)
 UPLOAD_ERROR = "upload_error"  # message of the last rejected upload, shown once after the uploader is cleared
 HIDE_CHROME = "<style>[data-testid='stAppDeployButton'] {display: none;}</style>"
 
@@ -44,17 +44,17 @@ def script_args() -> argparse.Namespace:
 
 
 def limit_threads() -> None:
-    """Run torch single-threaded unless ``$TCPA_VIZ_THREADS`` says otherwise.
+    """Apply the process thread policy (``tcpa_core.threads.configure_threads``) with ``$TCPA_VIZ_THREADS``
+    threads, one by default, on every run of the script.
 
     The dashboard's forward passes are small and already cached; on a busy 2-core machine OpenMP worker
     threads that wait for a core make a batch of 32 demo images about ten times slower with 2 threads than
-    with 1, so one thread is the predictable choice.
+    with 1, so one thread is the predictable choice. It is applied on every run, not once: Streamlit runs the
+    script in a new thread each time and OpenMP's thread limit (scikit-learn's t-SNE) holds per thread.
     """
-    import torch
+    from tcpa_core.threads import configure_threads
 
-    threads = max(1, int(os.environ.get(THREADS_ENV) or 1))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    configure_threads(max(1, int(os.environ.get(THREADS_ENV) or 1)))
 
 
 def attempt(what: str, func: Any, *args: Any) -> tuple[Any, str | None]:
@@ -73,10 +73,10 @@ def attempt(what: str, func: Any, *args: Any) -> tuple[Any, str | None]:
         return None, f"{what} failed ({type(exc).__name__}: {exc})"
 
 
-def load_models(choice: ModelChoice) -> tuple[LoadedModel | None, LoadedModel | None]:
+def load_models(choice: ModelChoice) -> tuple[DashboardModel | None, DashboardModel | None]:
     """Load the chosen TCPA and baseline checkpoints; problems become messages in the page.
 
-    Returns ``(tcpa, baseline)`` as ``LoadedModel`` or ``None``; the baseline is dropped when it cannot be
+    Returns ``(tcpa, baseline)`` as ``DashboardModel`` or ``None``; the baseline is dropped when it cannot be
     compared with the TCPA model (another backbone or input size).
     """
     import dataclasses
@@ -84,8 +84,10 @@ def load_models(choice: ModelChoice) -> tuple[LoadedModel | None, LoadedModel | 
     import streamlit as st
 
     from app import loading
+    from tcpa_core.checkpoint import check_same_backbone
+    from tcpa_core.errors import BackboneMismatchError
 
-    def load(info: loading.CheckpointInfo) -> loading.LoadedModel:
+    def load(info: loading.CheckpointInfo) -> loading.DashboardModel:
         with st.spinner(f"Loading {info.label}..."):
             return dataclasses.replace(loading.load_model(info.weights, info.mtime), info=info)
 
@@ -98,15 +100,15 @@ def load_models(choice: ModelChoice) -> tuple[LoadedModel | None, LoadedModel | 
         if error:
             st.error(error)
     if tcpa is not None and baseline is not None:
-        why = loading.backbone_mismatch(tcpa, baseline)
-        if why:
-            st.error(f"Cannot compare these models: {why}. Choose a baseline trained on the same backbone; "
-                     "the baseline is left out.")
+        try:
+            check_same_backbone(baseline, tcpa)
+        except BackboneMismatchError as exc:
+            st.error(f"Cannot compare these models: {exc} The baseline is left out.")
             baseline = None
     return tcpa, baseline
 
 
-def current_image(tcpa: LoadedModel, dataset: Dataset | None, data_key: str) -> PreparedImage | None:
+def current_image(tcpa: DashboardModel, dataset: Dataset | None, data_key: str) -> PreparedImage | None:
     """The image chosen in the sidebar (a test image or a validated upload), or ``None`` when there is none.
 
     A file that cannot be used gives an error message and the test image is shown instead.
@@ -147,6 +149,7 @@ def main() -> None:
 
     from app import loading, sidebar, state
     from app.views import ImageContext, PageContext, get_view
+    from tcpa_viz.models import read_demo_summary
 
     st.set_page_config(page_title="tcpa-viz dashboard", layout="wide")
     st.html(HIDE_CHROME)
@@ -169,7 +172,7 @@ def main() -> None:
             "or enter the path of a checkpoint under 'Other checkpoint' in the sidebar."
         )
         return
-    summary = loading.demo_summary(str(demo_dir))
+    summary = read_demo_summary(demo_dir) or {}
     tcpa, baseline = load_models(choice)
     with st.sidebar:
         sidebar.model_summaries([("TCPA", tcpa), ("Baseline", baseline)])

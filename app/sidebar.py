@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.loading import CheckpointInfo, LoadedModel, default_choice, describe_checkpoint, discover_checkpoints
+from app.loading import CheckpointInfo, DashboardModel, default_choice, describe_checkpoint, discover_checkpoints
 from app.views import list_views
 from tcpa_core import TCPAError
 
@@ -98,7 +98,7 @@ def model_pickers(demo_dir: Path, extra_paths: Sequence[str]) -> ModelChoice:
     return choice
 
 
-def model_summaries(models: Sequence[tuple[str, LoadedModel | None]]) -> None:
+def model_summaries(models: Sequence[tuple[str, DashboardModel | None]]) -> None:
     """One line per loaded model: method, trainable parameters and validation accuracy (details: Models view)."""
     lines = []
     for role, loaded in models:
@@ -106,7 +106,7 @@ def model_summaries(models: Sequence[tuple[str, LoadedModel | None]]) -> None:
             continue
         accuracy = (loaded.info.meta.get("metrics") or {}).get("val_acc")
         accuracy_text = f", val accuracy {100 * accuracy:.1f} %" if isinstance(accuracy, int | float) else ""
-        lines.append(f"{role}: {loaded.method}, {loaded.counts['trainable']:,} trainable parameters{accuracy_text}")
+        lines.append(f"{role}: {loaded.label}, {loaded.counts['trainable']:,} trainable parameters{accuracy_text}")
     if lines:
         st.caption("  \n".join(lines))
 

@@ -22,7 +22,6 @@ from app.loading.checkpoints import (
     CheckpointInfo,
     checkpoint_info,
     default_choice,
-    demo_summary,
     describe_checkpoint,
     discover_checkpoints,
     extra_checkpoint_paths,
@@ -34,18 +33,16 @@ from app.loading.data import (
     dataset_image,
     dataset_spec,
     open_dataset,
-    to_display,
     upload_digest,
     upload_image,
 )
-from app.loading.models import LoadedModel, backbone_mismatch, load_model, model_data_config, parameter_counts
+from app.loading.models import DashboardModel, load_model, parameter_counts
 
 __all__ = [
-    "CHECKPOINTS_ENV", "DEMO_DIR_ENV", "BatchSelection", "CheckpointInfo", "ImageCapture", "LoadedModel",
-    "PreparedImage", "assignments_csv", "backbone_mismatch", "batch_selection", "batches", "capture_image",
-    "checkpoint_info", "dataset_features", "dataset_labels",
-    "stratified_indices", "dataset_image", "dataset_spec", "default_choice", "demo_summary",
-    "describe_checkpoint", "discover_checkpoints", "extra_checkpoint_paths", "load_model", "model_data_config",
-    "open_dataset", "parameter_counts", "rank_aggregate", "resolve_demo_dir", "summary_test_accuracy", "to_display",
-    "tsne", "upload_digest", "upload_image",
+    "CHECKPOINTS_ENV", "DEMO_DIR_ENV", "BatchSelection", "CheckpointInfo", "DashboardModel", "ImageCapture",
+    "PreparedImage", "assignments_csv", "batch_selection", "batches", "capture_image", "checkpoint_info",
+    "dataset_features", "dataset_labels", "dataset_image", "dataset_spec", "default_choice", "describe_checkpoint",
+    "discover_checkpoints", "extra_checkpoint_paths", "load_model", "open_dataset", "parameter_counts",
+    "rank_aggregate", "resolve_demo_dir", "stratified_indices", "summary_test_accuracy", "tsne", "upload_digest",
+    "upload_image",
 ]

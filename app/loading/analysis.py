@@ -13,23 +13,21 @@ from typing import Any
 import numpy as np
 import streamlit as st
 import torch
-from threadpoolctl import threadpool_limits
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from app.loading.captures import BATCH_SIZE, batches
-from app.loading.models import LoadedModel
+from app.loading.models import DashboardModel
 from tcpa_core import TokenLayout, capture
+from tcpa_core.train import extract_features
 from tcpa_viz import TSNEResult, aggregate_ranks, rank_table, run_tsne, write_assignments_csv
+from tcpa_viz.figures.common import labels_of
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def dataset_labels(data_key: str, _dataset: Dataset) -> np.ndarray:
-    """``[N]`` labels of the test set (from its ``targets``/``labels`` when it has them, else by reading it)."""
-    for name in ("targets", "labels"):
-        values = getattr(_dataset, name, None)
-        if values is not None and len(values) == len(_dataset):
-            return np.asarray([int(v) for v in values])
-    return np.asarray([int(_dataset[i][1]) for i in range(len(_dataset))])
+    """``[N]`` labels of the test set (``tcpa_viz.figures.common.labels_of``: from its ``targets`` when it has
+    them, else by reading it)."""
+    return labels_of(_dataset)
 
 
 def stratified_indices(labels: np.ndarray, count: int) -> np.ndarray:
@@ -45,37 +43,31 @@ def stratified_indices(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def dataset_features(model_key: str, data_key: str, indices: tuple[int, ...], _loaded: LoadedModel,
+def dataset_features(model_key: str, data_key: str, indices: tuple[int, ...], _loaded: DashboardModel,
                      _dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pre-logits features ``[N, D]``, labels ``[N]`` and predictions ``[N]`` of the test images ``indices``."""
-    feats, labels, preds = [], [], []
-    for start in range(0, len(indices), BATCH_SIZE):
-        items = [_dataset[i] for i in indices[start:start + BATCH_SIZE]]
-        images = torch.stack([x for x, _ in items])
-        with _loaded.lock, torch.no_grad():
-            features = _loaded.model.forward_features(images)
-            preds.append(_loaded.model.head(features).argmax(-1))
-        feats.append(features.float())
-        labels.append(torch.tensor([int(y) for _, y in items]))
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(preds).numpy()
+    """Pre-logits features ``[N, D]`` (``tcpa_core.train.extract_features``), labels ``[N]`` and predictions
+    ``[N]`` of the test images ``indices``."""
+    with _loaded.lock, torch.no_grad():
+        feats, labels = extract_features(_loaded.model, Subset(_dataset, list(indices)), batch_size=BATCH_SIZE)
+        preds = _loaded.model.head(feats).argmax(-1)
+    return feats.numpy(), labels.numpy(), preds.numpy()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def tsne(model_key: str, data_key: str, indices: tuple[int, ...], perplexity: float, _loaded: LoadedModel,
+def tsne(model_key: str, data_key: str, indices: tuple[int, ...], perplexity: float, _loaded: DashboardModel,
          _dataset: Dataset) -> tuple[TSNEResult, np.ndarray]:
     """t-SNE (with silhouette and k-NN numbers) of the features of the test images ``indices``, and the
     model's predictions on them.
 
-    scikit-learn runs single-threaded here: with torch's OpenMP runtime loaded in the same process, its
-    BLAS/OpenMP thread pools spin against each other and the embedding gets tens of times slower on 2 cores.
+    scikit-learn runs with the process thread policy the dashboard sets on every run
+    (``tcpa_core.threads.configure_threads``, one thread by default).
     """
     feats, labels, preds = dataset_features(model_key, data_key, indices, _loaded, _dataset)
-    with threadpool_limits(1):
-        return run_tsne(feats, labels, perplexity=perplexity, max_iter=500, n_jobs=1), preds
+    return run_tsne(feats, labels, perplexity=perplexity, max_iter=500, n_jobs=1), preds
 
 
 @st.cache_data(max_entries=12, show_spinner=False)
-def rank_aggregate(model_key: str, data_key: str, count: int, block: str, _loaded: LoadedModel,
+def rank_aggregate(model_key: str, data_key: str, count: int, block: str, _loaded: DashboardModel,
                    _dataset: Dataset) -> list[dict[str, Any]]:
     """Rank measures per layer (mean/std over images and heads, plus head-averaged matrices)."""
     rows: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from app.loading.data import PreparedImage
-from app.loading.models import LoadedModel
+from app.loading.models import DashboardModel
 from tcpa_core import TokenLayout, capture
 from tcpa_viz import pool_sizes, selection_stats
 
@@ -41,7 +41,7 @@ class ImageCapture:
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
-def capture_image(model_key: str, image_key: str, _loaded: LoadedModel, _image: PreparedImage) -> ImageCapture:
+def capture_image(model_key: str, image_key: str, _loaded: DashboardModel, _image: PreparedImage) -> ImageCapture:
     """Attention, masks, prompt choices and class probabilities of one image."""
     model = _loaded.model
     names = ("attn", "attn_raw", "mask", "cls_assign", "image_assign")
@@ -84,7 +84,7 @@ class BatchSelection:
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def batch_selection(model_key: str, data_key: str, count: int, _loaded: LoadedModel,
+def batch_selection(model_key: str, data_key: str, count: int, _loaded: DashboardModel,
                     _dataset: Dataset) -> BatchSelection:
     """Prompt choices of every layer for the first ``count`` test images, with their per-layer usage,
     entropy and diversity numbers (``tcpa_viz.selection_stats``)."""

@@ -1,9 +1,8 @@
 """Checkpoint discovery: the folder to list, the checkpoints found there or given by path, the defaults of the
-pickers and the demo summary. Only JSON headers are read here (``st.cache_data``)."""
+pickers and the test accuracy the demo summary records. Only JSON headers are read here (``st.cache_data``)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,14 +12,14 @@ from typing import Any
 import streamlit as st
 
 from tcpa_core import CheckpointError, PromptConfig, TCPAError
-from tcpa_core.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_files, read_checkpoint_meta
+from tcpa_core.checkpoint import META_FILE, checkpoint_files, read_checkpoint_meta
+from tcpa_viz.models import resolve_checkpoint
 
 DEMO_DIR_ENV = "TCPA_VIZ_DEMO_DIR"
 """Environment variable naming the folder whose checkpoints are listed (default ``demo_out``)."""
 CHECKPOINTS_ENV = "TCPA_VIZ_CHECKPOINTS"
 """Environment variable with extra checkpoint paths, separated by ``os.pathsep``."""
 DEFAULT_DEMO_DIR = "demo_out"
-SUMMARY_FILE = "summary.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,15 +57,6 @@ def extra_checkpoint_paths(given: Sequence[str] = ()) -> list[str]:
     """Checkpoint paths from the command line followed by those of ``$TCPA_VIZ_CHECKPOINTS``."""
     env = [p for p in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep) if p.strip()]
     return list(dict.fromkeys([*given, *env]))
-
-
-def _weights_for(path: Path) -> Path:
-    """Weights file of a checkpoint given as a folder, a ``train --out`` folder, a .safetensors or a .json."""
-    if path.is_dir() and not (path / WEIGHTS_FILE).is_file():
-        for sub in ("best", "last"):
-            if (path / sub / WEIGHTS_FILE).is_file():
-                return path / sub / WEIGHTS_FILE
-    return checkpoint_files(path)[0]
 
 
 def _tcpa_family(prompt_config: dict[str, Any]) -> bool:
@@ -122,15 +112,10 @@ def discover_checkpoints(root: str) -> tuple[list[CheckpointInfo], list[str]]:
 @st.cache_data(ttl=15, show_spinner=False)
 def describe_checkpoint(path: str) -> CheckpointInfo:
     """Read the header of a checkpoint given by the user (raises CheckpointError with a readable message)."""
-    given = Path(path.strip()).expanduser()
     if not str(path).strip():
         raise CheckpointError("Enter the path of a checkpoint folder or .safetensors file.")
-    if not given.exists():
-        raise CheckpointError(
-            f"No checkpoint at {given}: the path does not exist. Give a checkpoint folder (with {WEIGHTS_FILE} "
-            f"and {META_FILE}), the .safetensors file itself, or a `tcpa-viz train --out` folder."
-        )
-    return checkpoint_info(_weights_for(given), str(given))
+    given = Path(path.strip()).expanduser()
+    return checkpoint_info(checkpoint_files(resolve_checkpoint(given))[0], str(given))
 
 
 def default_choice(infos: Sequence[CheckpointInfo], tcpa: bool) -> int | None:
@@ -142,16 +127,6 @@ def default_choice(infos: Sequence[CheckpointInfo], tcpa: bool) -> int | None:
             continue
         ranked.append((not info.label.endswith("best"), info.method != "vpt-deep", i))
     return min(ranked)[2] if ranked else None
-
-
-@st.cache_data(ttl=15, show_spinner=False)
-def demo_summary(root: str) -> dict[str, Any]:
-    """``summary.json`` of the demo folder (``{}`` when missing or unreadable)."""
-    path = Path(root) / SUMMARY_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def summary_test_accuracy(info: CheckpointInfo, summary: dict[str, Any]) -> float | None:

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from app.loading.models import LoadedModel
-from tcpa_core.data import DEFAULT_MAX_PIXELS, build_transforms, load_image
-from tcpa_core.data.datasets import build_dataset
+from app.loading.models import DashboardModel
+from tcpa_core.data import DEFAULT_MAX_PIXELS, build_transforms, load_image, open_split
+from tcpa_viz.models import display_image
 
 DEFAULT_DATASET: dict[str, Any] = {"name": "digits", "root": None, "seed": 0, "options": {}}
 
 
-def dataset_spec(loaded: LoadedModel) -> dict[str, Any]:
+def dataset_spec(loaded: DashboardModel) -> dict[str, Any]:
     """The dataset the checkpoint was trained on (from its JSON), or the digits demo task."""
     spec = loaded.info.meta.get("dataset")
     return dict(spec) if isinstance(spec, dict) and spec.get("name") else dict(DEFAULT_DATASET)
@@ -30,12 +30,9 @@ def dataset_spec(loaded: LoadedModel) -> dict[str, Any]:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def open_dataset(spec_json: str, config_json: str) -> Dataset:
-    """Test split of the dataset described by ``spec_json`` with the evaluation transform of the model."""
-    spec, cfg = json.loads(spec_json), json.loads(config_json)
-    transform = build_transforms(cfg, train=False)
-    return build_dataset(spec["name"], spec.get("root"), "test", transform,
-                         val_fraction=spec.get("val_fraction", 0.1), seed=spec.get("seed", 0),
-                         **(spec.get("options") or {}))
+    """Test split of the dataset described by ``spec_json`` (``tcpa_core.data.open_split``: the run's recorded
+    ``max_samples`` subset included) with the evaluation transform of the model."""
+    return open_split(json.loads(spec_json), "test", build_transforms(json.loads(config_json), train=False))
 
 
 @dataclass(frozen=True)
@@ -50,18 +47,10 @@ class PreparedImage:
     notes: tuple[str, ...] = ()
 
 
-def to_display(tensor: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
-    """Undo the normalisation of ``[3, H, W]``: uint8 ``[H, W, 3]``."""
-    mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(3, 1, 1)
-    pixels = (tensor * std + mean).clamp(0, 1).mul(255).round().byte()
-    return pixels.permute(1, 2, 0).numpy()
-
-
 def dataset_image(dataset: Dataset, data_key: str, index: int, cfg: dict[str, Any]) -> PreparedImage:
     """Test image ``index`` of ``dataset``."""
     tensor, label = dataset[index]
-    return PreparedImage(key=f"{data_key}#{index}", tensor=tensor.unsqueeze(0), display=to_display(tensor, cfg),
+    return PreparedImage(key=f"{data_key}#{index}", tensor=tensor.unsqueeze(0), display=display_image(tensor, cfg),
                          label=int(label), name=f"test image {index}")
 
 
@@ -86,7 +75,7 @@ def upload_image(digest: str, name: str, config_json: str, _data: bytes) -> Prep
         notes.append(f"resized from {size[0]}x{size[1]} to the model's {width}x{height} input ({change})")
     tensor = build_transforms(cfg, train=False)(image)
     return PreparedImage(key=f"upload:{digest}:{config_json}", tensor=tensor.unsqueeze(0),
-                         display=to_display(tensor, cfg), label=None, name=name, notes=tuple(notes))
+                         display=display_image(tensor, cfg), label=None, name=name, notes=tuple(notes))
 
 
 def upload_digest(data: bytes) -> str:

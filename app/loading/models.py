@@ -3,47 +3,32 @@ forward pass under the model's lock)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 import torch
 
 from app.loading.checkpoints import CheckpointInfo, checkpoint_info
-from tcpa_core.checkpoint import load_checkpoint
-from tcpa_core.data import data_config
+from tcpa_viz.models import LoadedModel, load_run
 
 
-@dataclass
-class LoadedModel:
-    """A loaded checkpoint with what the views need about it."""
+@dataclass(kw_only=True)
+class DashboardModel(LoadedModel):
+    """The analysis :class:`~tcpa_viz.models.LoadedModel` with what the dashboard adds: its cache key, the
+    picker's :class:`CheckpointInfo`, the parameter counts and the lock every forward pass takes."""
 
     key: str
     info: CheckpointInfo
-    model: torch.nn.Module
-    data_config: dict[str, Any]
     counts: dict[str, int]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def method(self) -> str:
-        """Display name of the prompting method (``"TCPA"``, ``"VPT-deep"`` ...) from the method registry."""
-        return self.model.config.display_name
-
-    @property
-    def depth(self) -> int:
-        return self.model.depth
-
-    @property
     def num_heads(self) -> int:
         return int(self.model.backbone.blocks[0].attn.num_heads)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return tuple(self.model.backbone.patch_embed.grid_size)
 
     @property
     def has_selection(self) -> bool:
@@ -76,30 +61,11 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     }
 
 
-def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
-    """The backbone's data config with the input size it was actually built for."""
-    cfg = dict(model.data_config)
-    cfg["input_size"] = (3, *tuple(model.backbone.patch_embed.img_size))
-    out = data_config(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
 @st.cache_resource(max_entries=6, show_spinner=False)
-def load_model(weights: str, mtime: float) -> LoadedModel:
+def load_model(weights: str, mtime: float) -> DashboardModel:
     """Rebuild and load the checkpoint (``mtime`` invalidates the cache when the file is rewritten)."""
+    loaded = load_run(weights)
+    loaded.model.eval()
+    base = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedModel)}
     info = checkpoint_info(Path(weights), Path(weights).parent.name)
-    model = load_checkpoint(weights).eval()
-    return LoadedModel(key=f"{weights}@{mtime}", info=info, model=model, data_config=model_data_config(model),
-                       counts=parameter_counts(model))
-
-
-def backbone_mismatch(a: LoadedModel, b: LoadedModel) -> str | None:
-    """Why two models cannot be compared on the same images (``None`` when they can)."""
-    if a.info.fingerprint and b.info.fingerprint and a.info.fingerprint != b.info.fingerprint:
-        return (f"the baseline {b.info.label} was trained on backbone {b.info.backbone!r} (fingerprint "
-                f"{b.info.fingerprint[:12]}) but {a.info.label} on {a.info.backbone!r} (fingerprint "
-                f"{a.info.fingerprint[:12]})")
-    if a.data_config != b.data_config:
-        return (f"the two models take different inputs ({a.data_config['input_size']} vs "
-                f"{b.data_config['input_size']})")
-    return None
+    return DashboardModel(**base, key=f"{weights}@{mtime}", info=info, counts=parameter_counts(loaded.model))

@@ -85,7 +85,7 @@ def body(ctx: ImageContext) -> None:
     grids, lines = [], []
     for role, lm, cap in models:
         ta = token_attention(cap.batch_attention(layer, raw=raw), cap.layout, query, heads=heads)
-        grids.append((f"{role} ({lm.method})", ta.grid[0].numpy()))
+        grids.append((f"{role} ({lm.label})", ta.grid[0].numpy()))
         totals = {k: float(v[0]) for k, v in ta.group_totals().items()}
         prompts = sum(totals[g] for g in ("cls_prompts", "image_prompts", "prompts"))
         lines.append(f"**{role}** {ta.query_label}: patches {totals['patches']:.3f}, prompts {prompts:.3f}, "
@@ -110,7 +110,7 @@ def body(ctx: ImageContext) -> None:
                                           default="matrix")
     log = controls[1].toggle("Log scale", key="att_log", persist_state="page", help="log10 of the matrix weights")
     if panel == "matrix":
-        panels = [(f"{role} ({lm.method})", _reduce(cap.batch_attention(layer, raw=raw)[0].numpy(), heads), cap.layout)
+        panels = [(f"{role} ({lm.label})", _reduce(cap.batch_attention(layer, raw=raw)[0].numpy(), heads), cap.layout)
                   for role, lm, cap in models]
         mx_title = f"attention matrices ({tag})"
         fig = matrix_figure(panels, mx_title, log)
@@ -120,7 +120,7 @@ def body(ctx: ImageContext) -> None:
         cap = ctx.tcpa_capture
         mask = cap.mask[layer].numpy()
         if mask.all():
-            st.caption(f"No mask: every query of {ctx.model.method!r} sees every key.")
+            st.caption(f"No mask: every query of {ctx.model.label!r} sees every key.")
         else:
             mk_title = f"TCPA mask, layer {layer} (dark = the query may attend to the key)"
             fig = mask_figure(mask, cap.layout, mk_title)

@@ -92,7 +92,7 @@ def render(ctx: ImageContext) -> None:
                             selection_mode="points", config=CHART_CONFIG)
             figures.append(ExportFigure(f"{role} t-SNE", fig, lambda result=result, title=title:
                                         plot_tsne_matplotlib(result, class_names=names, title=title)))
-            label = f"{role} ({lm.method})"
+            label = f"{role} ({lm.label})"
             rows[label] = {name: result.metrics.get(k) for k, (name, _) in METRICS.items()}
             rows[label]["accuracy on the sample"] = float(np.mean(preds == labels))
             per_class[label] = {names[c] if c < len(names) else str(c): float(np.mean(preds[labels == c] == c))

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.loading import CheckpointInfo, LoadedModel, summary_test_accuracy
+from app.loading import CheckpointInfo, DashboardModel, summary_test_accuracy
 from app.views.registry import PageContext, register_view
 from tcpa_core import PromptConfig, TCPAError
 
@@ -16,7 +16,7 @@ def _percent(value: Any) -> str:
     return f"{100 * float(value):.2f} %" if isinstance(value, int | float) else "-"
 
 
-def describe(info: CheckpointInfo, loaded: LoadedModel | None, summary: dict[str, Any]) -> dict[str, Any]:
+def describe(info: CheckpointInfo, loaded: DashboardModel | None, summary: dict[str, Any]) -> dict[str, Any]:
     """One column of the comparison table."""
     meta = info.meta
     cfg = meta.get("prompt_config") or {}

@@ -44,7 +44,7 @@ def render(ctx: ImageContext) -> None:
             st.info(f"{lm.info.label} has no prompt columns; it is left out of this submatrix.")
             continue
         with st.spinner(f"Measuring {lm.info.label}..."):
-            aggregates[f"{role} ({lm.method})"] = rank_aggregate(lm.key, ctx.data_key, count, block, lm, ctx.dataset)
+            aggregates[f"{role} ({lm.label})"] = rank_aggregate(lm.key, ctx.data_key, count, block, lm, ctx.dataset)
     if not aggregates:
         return
     title = f"{measure.replace('_', ' ')} per layer, {BLOCKS[block]} ({heads}, {count} images)"

@@ -15,16 +15,16 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from app.loading import CheckpointInfo, ImageCapture, LoadedModel, PreparedImage
+from app.loading import CheckpointInfo, DashboardModel, ImageCapture, PreparedImage
 
 
 @dataclass
 class PageContext:
     """What every view gets: the chosen checkpoints (loaded or not), the demo summary and the test set."""
 
-    tcpa: LoadedModel | None
-    baseline: LoadedModel | None
-    entries: list[tuple[str, CheckpointInfo, LoadedModel | None]]
+    tcpa: DashboardModel | None
+    baseline: DashboardModel | None
+    entries: list[tuple[str, CheckpointInfo, DashboardModel | None]]
     """``(role, checkpoint, loaded model or None)`` of the baseline (when chosen) and the TCPA model."""
     summary: dict[str, Any]
     dataset: Dataset | None
@@ -40,12 +40,12 @@ class ImageContext(PageContext):
     baseline_capture: ImageCapture | None
 
     @property
-    def model(self) -> LoadedModel:
+    def model(self) -> DashboardModel:
         """The TCPA model (always loaded for an image page)."""
         assert self.tcpa is not None
         return self.tcpa
 
-    def models(self) -> list[tuple[str, LoadedModel, ImageCapture]]:
+    def models(self) -> list[tuple[str, DashboardModel, ImageCapture]]:
         """``(role, model, capture)`` for the baseline (when chosen) and the TCPA model, in that order."""
         out = []
         if self.baseline is not None and self.baseline_capture is not None:

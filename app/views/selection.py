@@ -98,7 +98,7 @@ def body(ctx: ImageContext) -> None:
         layer_slider(cap.depth)
     if not lm.has_selection or cap.image_assign is None:
         with right:
-            st.info(f"The model {lm.info.label} uses method {lm.method!r}, which has no per-token prompt matching; "
+            st.info(f"The model {lm.info.label} uses method {lm.label!r}, which has no per-token prompt matching; "
                     "choose a TCPA checkpoint in the sidebar to see prompt selections. Its attention is shown in "
                     "the Attention view.")
         export_bar(figures, key="sel_export", stem=stem)
@@ -114,7 +114,7 @@ def body(ctx: ImageContext) -> None:
         tcpa_shares = prompt_shares(cap, layer, (row, col), chosen)
         base = ctx.baseline_capture if ctx.baseline is not None else None
         base_shares = prompt_shares(base, layer, (row, col), None) if base is not None else None
-        base_name = f"baseline {ctx.baseline.method}: all {len(base_shares)} prompts" if base_shares else "baseline"
+        base_name = f"baseline {ctx.baseline.label}: all {len(base_shares)} prompts" if base_shares else "baseline"
         share_title = f"attention share of patch ({row}, {col}) to each prompt, layer {layer}, mean over heads"
         fig = prompt_share_figure(tcpa_shares, base_shares, share_title, base_name)
         fig.layout.annotations[0].text = f"TCPA: its {len(chosen)} selected image prompts (rank order)"
@@ -126,7 +126,7 @@ def body(ctx: ImageContext) -> None:
         if base_shares:
             line += f"; the baseline gives its {len(base_shares)} prompts {sum(v for _, v in base_shares):.3f}"
         elif ctx.baseline is not None:
-            line += f"; the baseline ({ctx.baseline.method}) has no prompt keys"
+            line += f"; the baseline ({ctx.baseline.label}) has no prompt keys"
         st.caption(line + ". Shares are attention weights after the mask, averaged over heads; TCPA rows sum to "
                    "less than 1 because the unselected prompts' share is removed without renormalising.")
 
