@@ -30,6 +30,7 @@ def _positive(text: str) -> int:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    from tcpa_core.data import dataset_size
     from tcpa_core.distributed import is_main_process
 
     from ..figures.common import DataSpec, resolve_data
@@ -46,7 +47,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     settings = ExplainSettings(methods=args.methods, num_images=args.num_images, steps=args.steps, fill=args.fill,
                                ig_steps=args.ig_steps, batch_size=args.batch_size, seed=args.seed)
     _say(f"explaining {', '.join(m.label for m in models)} with {', '.join(args.methods)} on "
-         f"{min(args.num_images, len(data))} images of {data.__class__.__name__}/{args.split} -> {args.out}")
+         f"{min(args.num_images, dataset_size(data))} images of {data.__class__.__name__}/{args.split} -> {args.out}")
     for path in explain_report(models, data, Path(args.out), settings, log=lambda line: _say(f"  {line}")):
         _say(f"wrote {path}")
     return 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tcpa_core.errors import TCPAError, UnsupportedModelError
+from tcpa_core.model import PromptedViT, unwrap_model
 
 if TYPE_CHECKING:
     from tcpa_core.layout import TokenLayout
@@ -133,11 +134,7 @@ class Explainer(ABC):
     description: ClassVar[str]
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
-        if not hasattr(model, "token_layout") or not hasattr(model, "hooks"):
-            raise UnsupportedModelError(
-                f"explainers take a PromptedViT (tcpa_core.build_model / load_checkpoint), got {type(model).__name__}."
-            )
-        self.model = model
+        self.model: PromptedViT = unwrap_model(model)
         self.options = options
 
     def __call__(self, images: torch.Tensor, target: Target = None) -> Explanation:

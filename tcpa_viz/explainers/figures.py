@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..figures.common import display_image
+from ..models import display_image
 from ..overlay import overlay_on_image
 
 if TYPE_CHECKING:
@@ -25,10 +25,10 @@ def _cells(reports: Sequence[ModelReport], shown: int) -> list[list[tuple[str, n
     for i in range(min(shown, len(reports[0].images))):
         first = reports[0]
         box = None if first.boxes is None else tuple(float(v) for v in first.boxes[i])
-        image = display_image(first.loaded.model, first.images[i])
+        image = display_image(first.images[i], first.loaded.data_config)
         cells = [(f"image {i}", image, box)]
         for rep in reports:
-            shown_image = display_image(rep.loaded.model, rep.images[i])
+            shown_image = display_image(rep.images[i], rep.loaded.data_config)
             for method, expl in rep.explanations.items():
                 auc = float(rep.results[method].auc["deletion"][i])
                 title = f"{rep.loaded.label} {method}\npred {int(expl.target[i])}, deletion AUC {auc:.2f}"

@@ -6,22 +6,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from tcpa_core import intervene
+from tcpa_core.model import PromptedViT
 
 from .base import Target, resolve_target
 
 
 @contextmanager
-def retained_attention(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
+def retained_attention(model: PromptedViT) -> Iterator[dict[int, torch.Tensor]]:
     """While the block runs, every block's attention after the mask ``[B, H, Q, K]`` is kept (with
     ``retain_grad``) in the yielded dict ``{layer: tensor}``. A hook on ``("attn", l)`` makes the block use the
     hooked tensor downstream (:func:`tcpa_core.intervene`), so after ``backward`` its ``.grad`` is
     ``d target / d A'``. Restored on exit."""
     store: dict[int, torch.Tensor] = {}
 
-    def keep(value: torch.Tensor, layer: int) -> None:
+    def keep(value: torch.Tensor, layer: int | None) -> None:
+        assert layer is not None, "('attn', l) hook points are per block"
         value.retain_grad()
         store[layer] = value
 
@@ -30,7 +31,7 @@ def retained_attention(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
 
 
 def attention_gradients(
-    model: nn.Module, images: torch.Tensor, target: Target
+    model: PromptedViT, images: torch.Tensor, target: Target
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """One forward and one backward pass of the target logits.
 
@@ -45,13 +46,13 @@ def attention_gradients(
         t = resolve_target(target, logits)
         logits.gather(1, t[:, None]).sum().backward()
     layers = sorted(store)
-    missing = [layer for layer in layers if store[layer].grad is None]
+    grads = [store[layer].grad for layer in layers]
+    missing = [layer for layer, grad in zip(layers, grads, strict=True) if grad is None]
     if missing or len(layers) != model.depth:
         raise RuntimeError(
             f"no gradient reached the captured attention of blocks {missing or 'all'} for method "
             f"{model.config.method!r}."
         )
     attn = [store[layer].detach() for layer in layers]
-    grads = [store[layer].grad.detach() for layer in layers]
     model.zero_grad(set_to_none=True)
-    return attn, grads, logits.detach(), t
+    return attn, [grad.detach() for grad in grads if grad is not None], logits.detach(), t

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from tcpa_core.data import dataset_size
+from tcpa_core.model import PromptedViT
+
 from ..figures.common import (
     DEFAULT_DEMO_DIR,
     LoadedModel,
@@ -38,7 +41,7 @@ from ..figures.common import (
 )
 from ..tables import write_rows_csv, write_rows_json
 from .base import EXPLAINERS, Explanation, ExplanationError, explain
-from .faithfulness import FaithfulnessResult, faithfulness
+from .faithfulness import FaithfulnessResult, Fill, faithfulness
 
 DEMO_IMAGES = 8
 """Test images the demo explains (a seeded subset of the test split; ``tcpa-viz explain`` takes more)."""
@@ -65,7 +68,7 @@ class ExplainSettings:
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(EXPLAINERS))
     num_images: int | None = 64
     steps: int = 8
-    fill: str = "blur"
+    fill: Fill = "blur"
     ig_steps: int = 32
     batch_size: int = 128
     explain_batch: int = 32
@@ -100,16 +103,19 @@ def _cat(parts: Sequence[Explanation]) -> Explanation:
     """Concatenate explanations of consecutive batches."""
     first = parts[0]
 
+    def cat(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.cpu() for v in values])
+
     def join(name: str) -> torch.Tensor | None:
         values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat([v.cpu() for v in values])
+        return None if values[0] is None else cat(values)
 
-    extras = {k: torch.cat([p.extras[k].cpu() for p in parts]) for k in first.extras}
-    return Explanation(first.method, join("patches"), join("prompts"), join("target"), join("logits"), first.layout,
-                       join("prompts_per_layer"), join("prefix"), extras)
+    extras = {k: cat([p.extras[k] for p in parts]) for k in first.extras}
+    return Explanation(first.method, cat([p.patches for p in parts]), join("prompts"), cat([p.target for p in parts]),
+                       cat([p.logits for p in parts]), first.layout, join("prompts_per_layer"), join("prefix"), extras)
 
 
-def input_boxes(data: Dataset, indices: Sequence[int], model: torch.nn.Module) -> torch.Tensor | None:
+def input_boxes(data: Dataset, indices: Sequence[int], model: PromptedViT) -> torch.Tensor | None:
     """Ground-truth boxes ``[N, 4]`` of the samples in model-input pixels, or ``None`` without boxes."""
     boxes = pixel_boxes(data)
     if boxes is None:
@@ -128,7 +134,7 @@ def explain_model(loaded: LoadedModel, data: Dataset, indices: Sequence[int], se
     inputs = ModelInputs(data, model, indices)
     images = inputs.batch()
     boxes = input_boxes(data, indices, model)
-    mean = images.mean(dim=(0, 2, 3)) if settings.fill == "mean" else 0.0
+    mean: float | torch.Tensor = images.mean(dim=(0, 2, 3)) if settings.fill == "mean" else 0.0
     explanations: dict[str, Explanation] = {}
     results: dict[str, FaithfulnessResult] = {}
     seconds: dict[str, float] = {}
@@ -138,7 +144,7 @@ def explain_model(loaded: LoadedModel, data: Dataset, indices: Sequence[int], se
         step = settings.explain_batch
         parts = [explain(model, images[j:j + step], method=method, **options) for j in range(0, len(images), step)]
         explanations[method] = _cat(parts)
-        results[method] = faithfulness(model, images, explanations[method], boxes=boxes, fill=settings.fill,  # type: ignore[arg-type]
+        results[method] = faithfulness(model, images, explanations[method], boxes=boxes, fill=settings.fill,
                                        mean=mean, steps=settings.steps, random_orders=1 if i == 0 else 0,
                                        seed=settings.seed, batch_size=settings.batch_size)
         seconds[method] = time.perf_counter() - start
@@ -175,7 +181,7 @@ def explain_report(models: Sequence[LoadedModel], data: Dataset, out_dir: str | 
     settings.validate()
     if not models:
         raise ExplanationError("explain_report needs at least one model.")
-    indices = [int(i) for i in sample_indices(len(data), settings.num_images, settings.seed)]
+    indices = [int(i) for i in sample_indices(dataset_size(data), settings.num_images, settings.seed)]
     reports = [explain_model(m, data, indices, settings, log) for m in models]
     out = Path(out_dir)
     rows = report_rows(reports, settings)
