@@ -116,7 +116,8 @@ def test_unknown_dataset_is_a_clear_error(capsys):
 def test_parser_has_exactly_the_implemented_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"train", "eval", "demo", "figure", "rank", "app", "compare"}
+    assert set(sub.choices) == {"train", "eval", "demo", "figure", "rank", "app", "atlas", "ablate", "explain",
+                                "compare"}
 
 
 @pytest.mark.slow

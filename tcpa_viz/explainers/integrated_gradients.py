@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients
 
 from .base import Explainer, Explanation, ExplanationError, Target, register_explainer, resolve_target
 
@@ -30,6 +29,8 @@ class IntegratedGradientsExplainer(Explainer):
         baseline = torch.as_tensor(self.options.get("baseline", 0.0), dtype=images.dtype, device=images.device)
         n_steps = int(self.options.get("n_steps", 32))
         internal = int(self.options.get("internal_batch_size", 256))
+        from captum.attr import IntegratedGradients  # imported here: captum.attr imports matplotlib.pyplot
+
         ig = IntegratedGradients(self.model)
         attr, delta = ig.attribute(images, baselines=baseline.expand_as(images), target=t, n_steps=n_steps,
                                    internal_batch_size=max(internal, len(images)), return_convergence_delta=True)
