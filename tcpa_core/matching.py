@@ -85,15 +85,3 @@ def match(
     loss = (1.0 - similarity).mean() if similarity.numel() else sim.new_zeros(())
     return indices, loss
 
-
-def selection_to_columns(indices: torch.Tensor, pool_size: int, prompt_length: int) -> torch.Tensor:
-    """Boolean column selection of a pool's prompt sequence.
-
-    Args:
-        indices: [B, T, k] selected entries.
-    Returns:
-        [B, T, pool_size * prompt_length] bool; entry ``i`` owns columns ``i*Lp : (i+1)*Lp``.
-    """
-    chosen = torch.zeros(*indices.shape[:-1], pool_size, dtype=torch.bool, device=indices.device)
-    chosen.scatter_(-1, indices, True)
-    return chosen.repeat_interleave(prompt_length, dim=-1)
