@@ -101,16 +101,14 @@ def fused_masked_attention(
     Returns:
         [B, H, N, hd]
     """
-    b, n = q.shape[0], q.shape[2]
+    b, n, p = q.shape[0], q.shape[2], prompt_k.shape[2]
     keys = torch.cat([k, prompt_k, prompt_k], dim=2)
-    values = torch.cat([v, prompt_v, torch.zeros_like(prompt_v)], dim=2)
-    allowed = allowed.expand(b, n, -1)
-    visible = torch.cat([allowed, ~allowed], dim=-1)
+    values = torch.cat([v, prompt_v, prompt_v.new_zeros(()).expand_as(prompt_v)], dim=2)
+    bias = q.new_zeros(b, 1, n, n + 2 * p)
+    bias[:, 0, :, n:n + p].masked_fill_(~allowed, float("-inf"))
+    bias[:, 0, :, n + p:].masked_fill_(allowed, float("-inf"))
     if present is not None:
-        visible = visible & present.repeat(2)
-    prompt_bias = torch.zeros(b, n, 2 * allowed.shape[-1], dtype=q.dtype, device=q.device)
-    prompt_bias.masked_fill_(~visible, float("-inf"))
-    bias = torch.cat([prompt_bias.new_zeros(b, n, n), prompt_bias], dim=-1).unsqueeze(1)
+        bias[:, 0, :, n:].masked_fill_(~present.repeat(2), float("-inf"))
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
 
 
@@ -212,6 +210,9 @@ def block_fused(
     attn = block_attention(block)
     h = block.norm1(x)
     q, k, v = project_qkv(attn, h)
+    # q is a view of the whole qkv output, which SDPA would keep alive for the backward: an own copy of q lets
+    # the qkv output go once its k, v are concatenated with the prompts' (the values are unchanged).
+    q = q.contiguous()
     pk, pv = project_kv(attn, block.norm1(prompts))
     pk, pv = pk.expand(x.shape[0], -1, -1, -1), pv.expand(x.shape[0], -1, -1, -1)
     if allowed is None:

@@ -17,6 +17,22 @@ def cosine_similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor
     return F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(0, 1)
 
 
+def pool_similarities(
+    x: torch.Tensor, num_prefix: int, cls_keys: torch.Tensor, image_keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities of the CLS token to the CLS-pool keys and of the patch tokens to the image-pool
+    keys, from one normalisation of ``x`` and one product with both pools' keys.
+
+    Args:
+        x: [B, prefix+Np, D] block input; cls_keys: [Nc, D]; image_keys: [Ni, D].
+    Returns:
+        ``[B, 1, Nc]`` (empty rows when ``num_prefix`` is 0) and ``[B, Np, Ni]``.
+    """
+    nc = cls_keys.shape[0]
+    both = cosine_similarity(x, torch.cat([cls_keys, image_keys]))
+    return both[:, :min(num_prefix, 1), :nc], both[:, num_prefix:, nc:]
+
+
 def _random_scores(shape: torch.Size, device: torch.device, seed: int, layer: int, pool: int) -> torch.Tensor:
     """Uniform scores for the seeded ``"random"`` rule; they depend only on (seed, layer, pool, shape)."""
     generator = torch.Generator(device=device)
@@ -25,7 +41,8 @@ def _random_scores(shape: torch.Size, device: torch.device, seed: int, layer: in
 
 
 def match(
-    queries: torch.Tensor, keys: torch.Tensor, k: int, *, layer: int, pool: str,
+    queries: torch.Tensor, keys: torch.Tensor, k: int, *, similarity: torch.Tensor | None = None,
+    layer: int, pool: str,
     sim_hook: Callable[[torch.Tensor], torch.Tensor], assign_hook: Callable[[torch.Tensor], torch.Tensor],
     edit: BlockEdit | None, warm_up: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +51,7 @@ def match(
     Args:
         queries: [B, T, D] block input of the matching tokens (not detached).
         keys: [N, D] pool keys.
+        similarity: ``cosine_similarity(queries, keys)`` [B, T, N] when already computed, or None.
         k: entries per token (capped at the entries left when some are removed).
         sim_hook, assign_hook: hook points of the similarity [B, T, N] and of the selection [B, T, k].
         edit: the active intervention of this block (removed entries, selection rule) or None.
@@ -41,7 +59,7 @@ def match(
     Returns:
         indices [B, T, k] and the loss ``mean(1 - sim)`` over the selected entries (0 when none is selected).
     """
-    sim = sim_hook(cosine_similarity(queries, keys))
+    sim = sim_hook(cosine_similarity(queries, keys) if similarity is None else similarity)
     rule = edit.selection if edit is not None and edit.selection is not None else None
     removed = edit.removed_entries(pool, keys.shape[0], keys.device) if edit is not None else None
     left = keys.shape[0] - (int(removed.sum()) if removed is not None else 0)
@@ -67,15 +85,3 @@ def match(
     loss = (1.0 - similarity).mean() if similarity.numel() else sim.new_zeros(())
     return indices, loss
 
-
-def selection_to_columns(indices: torch.Tensor, pool_size: int, prompt_length: int) -> torch.Tensor:
-    """Boolean column selection of a pool's prompt sequence.
-
-    Args:
-        indices: [B, T, k] selected entries.
-    Returns:
-        [B, T, pool_size * prompt_length] bool; entry ``i`` owns columns ``i*Lp : (i+1)*Lp``.
-    """
-    chosen = torch.zeros(*indices.shape[:-1], pool_size, dtype=torch.bool, device=indices.device)
-    chosen.scatter_(-1, indices, True)
-    return chosen.repeat_interleave(prompt_length, dim=-1)

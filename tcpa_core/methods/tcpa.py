@@ -17,7 +17,7 @@ from torch import nn
 from ..attention import block_explicit, block_fused
 from ..errors import PromptConfigError
 from ..hooks import BlockEdit, HookPoint
-from ..matching import match, selection_to_columns
+from ..matching import match, pool_similarities
 from ..prompts import PromptPools, fourier_transform
 from .base import COMMON_FIELDS, POOL_FIELDS, PromptMethod, Role, get_method, register_method
 
@@ -92,18 +92,21 @@ class TCPA(PromptMethod):
         pools, cfg, n, hooks = pools_of(model), model.config, model.num_prefix, model.block_hooks(layer)
         assert pools.image_keys is not None and pools.cls_keys is not None
         warm_up = model.random_selection and model.training
-        image, loss = match(x[:, n:], pools.image_keys[layer], cfg.image_topk, layer=layer, pool="image",
-                            sim_hook=hooks.sim, assign_hook=hooks.image_assign, edit=edit, warm_up=warm_up)
-        image_cols = selection_to_columns(image, pools.image_pool_size, cfg.prompt_length)
-        patch_rows = torch.cat([image_cols.new_zeros(*image_cols.shape[:2], pools.num_cls_columns), image_cols], -1)
-        if n == 0:
-            return patch_rows, loss
-        cls, cls_loss = match(x[:, :1], pools.cls_keys[layer], cfg.cls_topk, layer=layer, pool="cls",
-                              sim_hook=hooks.cls_sim, assign_hook=_RowHook(hooks.cls_assign), edit=edit,
-                              warm_up=warm_up)
-        cls_cols = selection_to_columns(cls, pools.cls_pool_size, cfg.prompt_length)
-        cls_row = torch.cat([cls_cols, cls_cols.new_zeros(x.shape[0], 1, pools.num_image_columns)], -1)
-        return torch.cat([cls_row.expand(-1, n, -1), patch_rows], dim=1), loss + cls_loss
+        cls_keys, image_keys = pools.cls_keys[layer], pools.image_keys[layer]
+        cls_sim, image_sim = pool_similarities(x, n, cls_keys, image_keys)
+        image, loss = match(x[:, n:], image_keys, cfg.image_topk, similarity=image_sim, layer=layer,
+                            pool="image", sim_hook=hooks.sim, assign_hook=hooks.image_assign, edit=edit,
+                            warm_up=warm_up)
+        nc = pools.cls_pool_size
+        chosen = torch.zeros(*x.shape[:2], nc + pools.image_pool_size, dtype=torch.bool, device=x.device)
+        chosen[:, n:].scatter_(-1, image + nc, True)
+        if n:
+            cls, cls_loss = match(x[:, :1], cls_keys, cfg.cls_topk, similarity=cls_sim, layer=layer, pool="cls",
+                                  sim_hook=hooks.cls_sim, assign_hook=_RowHook(hooks.cls_assign), edit=edit,
+                                  warm_up=warm_up)
+            chosen[:, :n].scatter_(-1, cls.expand(-1, n, -1), True)
+            loss = loss + cls_loss
+        return chosen.repeat_interleave(cfg.prompt_length, dim=-1) if cfg.prompt_length > 1 else chosen, loss
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pools, hooks = pools_of(model), model.block_hooks(layer)
