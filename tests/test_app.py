@@ -550,3 +550,28 @@ def test_selection_view_links_a_prompt_to_its_atlas_page(atlas_demo: Path, monke
     assert (at.session_state["atlas_block"], at.session_state["atlas_pool"]) == (1, "image")
     assert at.session_state["atlas_entry"] == chosen[1]
     assert f"**Block 1, image pool, entry {chosen[1]}**" in texts(at)
+
+
+# ------------------------------------------------------------------------------------------ explanations
+@pytest.mark.parametrize("method", ["attention", "relevance"])
+def test_attention_view_explanation_and_deletion_curve(app: AppTest, demo_dir: Path, method: str) -> None:
+    from tcpa_core.checkpoint import load_checkpoint
+    from tcpa_viz import explain, faithfulness, list_explainers
+
+    app.radio(key="view").set_value("attention").run()
+    assert not app.get("plotly_chart") or all("deletion AUC" not in c.proto.spec for c in app.get("plotly_chart"))
+    app.toggle(key="att_explain").set_value(True).run()
+    assert app.selectbox(key="att_explain_method").options == list_explainers()
+    app.selectbox(key="att_explain_method").set_value(method).run()
+    app.selectbox(key="att_explain_target").set_value(3).run()
+    assert not app.exception and not app.error, [e.value for e in app.exception]
+    model = load_checkpoint(demo_dir / "tcpa" / "best")
+    cfg = {**model.data_config, "input_size": (3, *model.backbone.patch_embed.img_size)}
+    image, _ = DigitsOnClutter(split="test", transform=build_transforms(cfg, train=False))[0]
+    result = explain(model, image[None], target=3, method=method)
+    auc = faithfulness(model, image[None], result, steps=8, random_orders=1, seed=0).auc["deletion"][0]
+    line = next(x for c in app.caption for x in c.value.split("\n")
+                if x.startswith("**TCPA**") and "deletion AUC" in x)
+    assert f"class 3, deletion AUC {float(auc):.3f}" in line
+    spec = next(c.proto.spec for c in app.get("plotly_chart") if "deletion AUC" in c.proto.spec)
+    assert f"{method} map (class 3)" in spec
