@@ -502,6 +502,7 @@ def test_atlas_view_renders_its_sections(atlas_demo: Path, monkeypatch: pytest.M
     for section in ("Collapse diagnostics per block", "Gallery", "Spatial map", "Class histogram", "Ablation effect"):
         assert section in page, section
     assert "block 0 cls: COLLAPSED to one set" in page and "block 1 image: no collapse" in page
+    assert "**Selection collapse in 1 of 4 (block, pool) pairs**: 0 cls" in page
     diagnostics = at.dataframe[0].value
     assert len(diagnostics) == 4
     assert diagnostics.loc[(1, "cls"), "NMI(set; class)"] == "0.130 (chance 0.050)"

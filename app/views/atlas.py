@@ -136,8 +136,9 @@ def class_section(atlas: AtlasData, layer: int, pool: str, entry: int, block: di
     share = by_class[:, entry] / tokens
     fig = go.Figure(go.Bar(x=names, y=share.tolist(), customdata=by_class[:, entry].tolist(),
                            hovertemplate="class %{x}: %{y:.3f} of its tokens (%{customdata:.0f})<extra></extra>"))
+    who, name = ("CLS", "cls") if pool == "cls" else ("patch", "img")
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_title="share of the class's tokens",
-                      xaxis_title="class", title=f"block {layer}: {pool} tokens selecting {pool} {entry}, by class")
+                      xaxis_title="class", title=f"block {layer}: {who} tokens selecting {name} {entry}, by class")
     st.plotly_chart(fig, key="atlas_classes", config=CHART_CONFIG)
 
 
@@ -182,8 +183,13 @@ def render(ctx: PageContext) -> None:
     st.caption(f"From {folder}: {meta.get('num_images', '?')} images of the {meta.get('split', 'test')} split, "
                f"blocks {', '.join(str(x) for x in atlas.layers)}.")
     st.markdown("#### Collapse diagnostics per block")
+    collapsed = [f"{layer} {pool}" for (layer, pool), b in sorted(atlas.blocks.items())
+                 if (b.get("collapse") or {}).get("collapsed")]
+    st.markdown(f"**Selection collapse in {len(collapsed)} of {len(atlas.blocks)} (block, pool) pairs**"
+                + (f": {', '.join(collapsed)}" if collapsed else ""))
     if atlas.collapse:
-        st.markdown("  \n".join(f"- {line}" for line in atlas.collapse))
+        with st.expander(f"The {len(atlas.collapse)} collapse lines of atlas.json"):
+            st.markdown("  \n".join(f"- {line}" for line in atlas.collapse))
     st.dataframe(diagnostics_table(atlas), width="stretch")
     st.caption("entropy: normalised entropy of how often each entry is selected (1 = uniform); distinct sets: "
                "different selected sets over all (image, token) pairs, beside uniformly random selection; Jaccard: "
