@@ -183,7 +183,7 @@ def main() -> None:
         if view.needs_image:
             view = get_view("models")
         view.render(PageContext(tcpa=tcpa, baseline=baseline, entries=entries, summary=summary, dataset=None,
-                                data_key=""))
+                                data_key="", demo_dir=demo_dir))
         return
 
     spec_json = json.dumps(loading.dataset_spec(tcpa), sort_keys=True)
@@ -208,7 +208,7 @@ def main() -> None:
         return
     ctx = ImageContext(tcpa=tcpa, baseline=baseline if captures[1] else None, entries=entries, summary=summary,
                        dataset=dataset, data_key=data_key, image=image, tcpa_capture=captures[0],
-                       baseline_capture=captures[1])
+                       baseline_capture=captures[1], demo_dir=demo_dir)
     predictions = [image.name]
     names = tcpa.class_names
     if image.label is not None:

@@ -18,6 +18,8 @@ TCPA_KEY = "tcpa_checkpoint"
 BASELINE_KEY = "baseline_checkpoint"
 PATH_INPUT = "checkpoint_path"
 NO_BASELINE = ""
+VIEW_REQUEST = "view_request"
+"""A view name another page asks to switch to (read before the view radio is drawn, then cleared)."""
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 UPLOAD_GEN = "upload_generation"
 """Bumped after a rejected upload: the uploader gets a new key, so the bad file is cleared."""
@@ -37,6 +39,9 @@ class ModelChoice:
 def view_picker() -> str:
     """The name of the page to draw, among the registered views."""
     views = {v.name: v.label for v in list_views()}
+    requested = st.session_state.pop(VIEW_REQUEST, None)
+    if requested in views:
+        st.session_state["view"] = requested
     if st.session_state.get("view") not in views:
         st.session_state["view"] = next(iter(views))
     return st.radio("View", list(views), key="view", format_func=views.get)

@@ -421,3 +421,158 @@ def test_demo_sized_model_follows_patch_and_layer_changes(tmp_path: Path, monkey
         at.slider(key="w_layer").set_value(layer).run()
         assert f"at layer {layer}" in texts(at)
     assert not at.exception
+
+
+# ------------------------------------------------------------------------------------------ prompt atlas
+ATLAS_GRID, ATLAS_CLASSES, ATLAS_IMAGES, ATLAS_GALLERY = (4, 4), 10, 5, 3
+
+
+def write_atlas_dir(folder: Path, layers: tuple[int, ...] = (0, 1), size: int = 6, ablated: int = 1) -> dict:
+    """A small hand-written atlas folder in the format of ``tcpa-viz atlas`` / ``ablate`` (atlas.json,
+    gallery.npz, ablation.csv) with distinct numbers per (block, pool, entry); returns the atlas document."""
+    import csv
+
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    patches = ATLAS_GRID[0] * ATLAS_GRID[1]
+    blocks, crops = [], {}
+    for layer in layers:
+        for pool in ("cls", "image"):
+            tokens = ATLAS_IMAGES * (1 if pool == "cls" else patches)
+            selected = [(3 * e + layer + 1) % tokens for e in range(size)]
+            collapsed = layer == 0 and pool == "cls"
+            blocks.append({
+                "layer": layer, "pool": pool, "tokens": tokens, "images": ATLAS_IMAGES, "pool_size": size,
+                "topk": 3, "entries_used": size, "entropy": 0.5 + 0.1 * layer, "distinct_sets": 1 + layer,
+                "distinct_sets_random": 4.9, "jaccard": 0.25 + layer / 10, "jaccard_random": 0.2,
+                "nmi_class_set": {"nmi": 0.12 + layer / 100, "chance": 0.05, "chance_std": 0.01},
+                "nmi_class_top1": {"nmi": 0.3, "chance": 0.07, "chance_std": 0.01},
+                "nmi_object_top1": None if pool == "cls" else {"nmi": 0.2, "chance": 0.01, "chance_std": 0.0},
+                "collapse": {"collapsed": collapsed, "kinds": ["one set"] if collapsed else [],
+                             "message": f"block {layer} {pool}: " + ("COLLAPSED to one set" if collapsed else
+                                                                    "no collapse")},
+                "selected": selected, "top1": [s // 2 for s in selected],
+                "class_selected": [[(c + e) % 4 for e in range(size)] for c in range(ATLAS_CLASSES)],
+                "class_tokens": [4] * ATLAS_CLASSES,
+                "position_selected": None if pool == "cls" else
+                [[(p == e) * ATLAS_IMAGES for p in range(patches)] for e in range(size)],
+                "gallery": [[{"image": g, "patch": e, "row": e // 4, "col": e % 4, "similarity": 0.9 - g / 10,
+                              "rank": 1} for g in range(ATLAS_GALLERY)] for e in range(size)],
+            })
+            crops[f"L{layer}_{pool}"] = np.full((size, ATLAS_GALLERY, 48, 48, 3), 40 * layer, dtype=np.uint8)
+    document = {"meta": {"layers": list(layers), "num_images": ATLAS_IMAGES, "num_classes": ATLAS_CLASSES,
+                         "class_names": [str(c) for c in range(ATLAS_CLASSES)], "grid": list(ATLAS_GRID),
+                         "split": "test"},
+                "collapse": [b["collapse"]["message"] for b in blocks], "blocks": blocks}
+    (folder / "atlas.json").write_text(json.dumps(document))
+    np.savez_compressed(folder / "gallery.npz", **crops)
+    columns = ["layer", "pool", "entry", "mode", "accuracy", "delta_accuracy", "delta_true_logit", "base_accuracy",
+               "changed_predictions", "images_selecting", "images"]
+    with open(folder / "ablation.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for pool in ("cls", "image"):
+            for entry in range(size):
+                for k, mode in enumerate(("mask", "remove")):
+                    delta = -round(0.01 * (entry + 1) * (k + 1), 4)
+                    writer.writerow([ablated, pool, entry, mode, 0.8 + delta, delta, 10 * delta, 0.8, 0.1, 3, 5])
+        for mode, accuracy in (("random", 0.5), ("shared", 0.7), ("all", 0.6)):
+            writer.writerow(["all", "all", "", mode, accuracy, accuracy - 0.8, "", 0.8, 0.2, "", 5])
+    return document
+
+
+@pytest.fixture(scope="module")
+def atlas_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    demo = write_demo_dir(tmp_path_factory.mktemp("atlas_app"))
+    write_atlas_dir(demo / "atlas")
+    return demo
+
+
+def open_atlas(at: AppTest) -> AppTest:
+    at.radio(key="view").set_value("atlas").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def test_atlas_view_renders_its_sections(atlas_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_atlas(start(monkeypatch, atlas_demo))
+    page = texts(at)
+    for section in ("Collapse diagnostics per block", "Gallery", "Spatial map", "Class histogram", "Ablation effect"):
+        assert section in page, section
+    assert "block 0 cls: COLLAPSED to one set" in page and "block 1 image: no collapse" in page
+    assert "**Selection collapse in 1 of 4 (block, pool) pairs**: 0 cls" in page
+    diagnostics = at.dataframe[0].value
+    assert len(diagnostics) == 4
+    assert diagnostics.loc[(1, "cls"), "NMI(set; class)"] == "0.130 (chance 0.050)"
+    assert diagnostics.loc[(0, "cls"), "collapsed"] == "yes" and diagnostics.loc[(0, "image"), "collapsed"] == "no"
+    assert diagnostics.loc[(1, "image"), "NMI(top-1; object)"] == "0.200 (chance 0.010)"
+    assert diagnostics.loc[(0, "cls"), "NMI(top-1; object)"] == "–"
+    # default: last block, image pool, entry 0; the ablation rows of that entry
+    assert "**Block 1, image pool, entry 0**: selected by 2 of 80 tokens" in page
+    at.selectbox(key="w_atlas_entry").set_value(2).run()
+    table = at.dataframe[1].value
+    assert list(table.index) == ["mask", "remove"]
+    assert table.loc["mask", "delta_accuracy"] == pytest.approx(-0.03)
+    assert table.loc["remove", "delta_true_logit"] == pytest.approx(-0.6)
+    assert "random 50.00 %" in texts(at) and "top-k selection 80.00 %" in texts(at)
+    spatial = at.get("plotly_chart")[0].proto.spec
+    assert "share of images whose patch selects img 2" in spatial
+    classes = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
+    assert classes["y"][:3] == pytest.approx([0.5, 0.75, 0.0])
+    gallery = at.get("image")[0]
+    assert gallery.captions == [f"img {g} (0,2) sim {0.9 - g / 10:.2f}" for g in range(ATLAS_GALLERY)]
+    at.selectbox(key="w_atlas_block").set_value(0).run()
+    assert "block 0 was not ablated" in texts(at) and "--layers 0" in texts(at)
+    at.radio(key="w_atlas_pool").set_value("cls").run()
+    assert not at.exception and not at.error
+    assert "has no spatial map" in texts(at) and "**Block 0, CLS pool, entry 2**" in texts(at)
+
+
+def test_atlas_view_without_files_says_how_to_create_them(app: AppTest) -> None:
+    open_atlas(app)
+    hints = [i.value for i in app.info]
+    assert len(hints) == 1 and "\n" not in hints[0], hints
+    assert "create it with `tcpa-viz atlas --model" in hints[0] and "/atlas`" in hints[0]
+    assert not app.dataframe
+
+
+def test_selection_view_links_a_prompt_to_its_atlas_page(atlas_demo: Path, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    at = start(monkeypatch, atlas_demo)
+    chosen = expected_selection(atlas_demo, 0, 2, 2, 1)
+    picker = at.selectbox(key="sel_atlas_entry")
+    assert picker.options[:len(chosen)] == [f"img {e}" for e in chosen]
+    picker.set_value(f"image {chosen[1]}").run()
+    at.button(key="sel_atlas_open").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["view"] == "atlas"
+    assert (at.session_state["atlas_block"], at.session_state["atlas_pool"]) == (1, "image")
+    assert at.session_state["atlas_entry"] == chosen[1]
+    assert f"**Block 1, image pool, entry {chosen[1]}**" in texts(at)
+
+
+# ------------------------------------------------------------------------------------------ explanations
+@pytest.mark.parametrize("method", ["attention", "relevance"])
+def test_attention_view_explanation_and_deletion_curve(app: AppTest, demo_dir: Path, method: str) -> None:
+    from tcpa_core.checkpoint import load_checkpoint
+    from tcpa_viz import explain, faithfulness, list_explainers
+
+    app.radio(key="view").set_value("attention").run()
+    assert not app.get("plotly_chart") or all("deletion AUC" not in c.proto.spec for c in app.get("plotly_chart"))
+    app.toggle(key="att_explain").set_value(True).run()
+    assert app.selectbox(key="att_explain_method").options == list_explainers()
+    app.selectbox(key="att_explain_method").set_value(method).run()
+    app.selectbox(key="att_explain_target").set_value(3).run()
+    assert not app.exception and not app.error, [e.value for e in app.exception]
+    model = load_checkpoint(demo_dir / "tcpa" / "best")
+    cfg = {**model.data_config, "input_size": (3, *model.backbone.patch_embed.img_size)}
+    image, _ = DigitsOnClutter(split="test", transform=build_transforms(cfg, train=False))[0]
+    result = explain(model, image[None], target=3, method=method)
+    auc = faithfulness(model, image[None], result, steps=8, random_orders=1, seed=0).auc["deletion"][0]
+    line = next(x for c in app.caption for x in c.value.split("\n")
+                if x.startswith("**TCPA**") and "deletion AUC" in x)
+    assert f"class 3, deletion AUC {float(auc):.3f}" in line
+    spec = next(c.proto.spec for c in app.get("plotly_chart") if "deletion AUC" in c.proto.spec)
+    assert f"{method} map (class 3)" in spec

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
@@ -20,10 +21,13 @@ from app.figures import (
     overlay_compare_figure,
     overlay_compare_matplotlib,
 )
+from app.loading.explain import DELETION_STEPS, ImageExplanation, explain_image
 from app.views.registry import ImageContext, register_view
 from app.widgets import CHART_CONFIG, head_options, head_text, layer_slider, parse_heads, patch_inputs
+from tcpa_core import TCPAError
 from tcpa_viz import (
     default_surface_queries,
+    list_explainers,
     plot_attention_surface_matplotlib,
     plot_attention_surface_plotly,
     token_attention,
@@ -140,4 +144,69 @@ def body(ctx: ImageContext) -> None:
                                         lambda attn=attn, layout=layout, rows=rows, sf_title=sf_title:
                                         plot_attention_surface_matplotlib(attn, layout, queries=rows,
                                                                           heads=heads, title=sf_title)))
+    explanation_panel(ctx)
     export_bar(figures, key="att_export", stem=stem)
+
+
+def explanation_figure(display: np.ndarray, rows: list[tuple[str, ImageExplanation]], title: str) -> go.Figure:
+    """Per model: the image, the patch relevance of the explanation over it, and its deletion curve beside
+    the random-order one."""
+    from plotly.subplots import make_subplots
+
+    names = []
+    for role, ex in rows:
+        names += [f"{role}: {ex.method} map (class {ex.target})",
+                  f"{role}: deletion AUC {ex.deletion_auc:.3f} (random {ex.deletion_random_auc:.3f})"]
+    fig = make_subplots(rows=len(rows), cols=2, subplot_titles=names, horizontal_spacing=0.12)
+    height, width = display.shape[:2]
+    for i, (_, ex) in enumerate(rows, start=1):
+        h, w = ex.patches.shape
+        fig.add_trace(go.Image(z=display, hoverinfo="skip"), row=i, col=1)
+        fig.add_trace(go.Heatmap(z=ex.patches.tolist(), x0=width / w / 2, dx=width / w, y0=height / h / 2,
+                                 dy=height / h, opacity=0.55, colorscale="Inferno", showscale=False,
+                                 hovertemplate="relevance %{z:.3g}<extra></extra>"), row=i, col=1)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{2 * i - 1}", showticklabels=False, row=i, col=1)
+        fig.update_xaxes(showticklabels=False, row=i, col=1)
+        for curve, name, dash in ((ex.deletion, "relevance order", None), (ex.deletion_random, "random order",
+                                                                            "dot")):
+            fig.add_trace(go.Scatter(x=ex.fractions.tolist(), y=curve.tolist(), mode="lines+markers", name=name,
+                                     line=dict(dash=dash), showlegend=i == 1), row=i, col=2)
+        fig.update_xaxes(title="share of patches deleted", row=i, col=2)
+        fig.update_yaxes(title="target probability", rangemode="tozero", row=i, col=2)
+    fig.update_layout(height=340 * len(rows), margin=dict(l=10, r=10, t=60, b=10), title=title)
+    return fig
+
+
+def explanation_panel(ctx: ImageContext) -> None:
+    """Behind a toggle (off by default, so the page stays fast): an explanation method and target class, the
+    map of every model and its deletion curve (:func:`tcpa_viz.faithfulness`, blur fill)."""
+    if not st.toggle("Explanation and deletion curve", key="att_explain", persist_state="page",
+                     help="Class-specific attribution (tcpa_viz.explain) with its deletion curve"):
+        return
+    methods = list_explainers()
+    names = ctx.model.class_names
+    controls = st.columns(2)
+    method = controls[0].selectbox("Explanation method", methods, key="att_explain_method", persist_state="page")
+    target_choice = controls[1].selectbox("Target class", ["predicted", *range(len(names))], key="att_explain_target",
+                                          persist_state="page",
+                                          format_func=lambda t: "predicted class" if t == "predicted" else names[t])
+    target = None if target_choice == "predicted" else int(target_choice)
+    rows = []
+    with st.spinner(f"Explaining with {method}..."):
+        for role, lm, _ in ctx.models():
+            try:
+                rows.append((role, explain_image(lm.key, ctx.image.key, method, target, lm, ctx.image)))
+            except TCPAError as exc:
+                st.error(f"{role}: {method} cannot explain {ctx.image.name}: {exc}")
+    if not rows:
+        return
+    title = f"{method} explanation of {ctx.image.name} and its deletion curve"
+    fig = explanation_figure(ctx.image.display, rows, title)
+    st.plotly_chart(fig, key="att_explain_chart", config=CHART_CONFIG)
+    lines = []
+    for role, ex in rows:
+        prompts = "" if ex.prompt_share is None else f", {100 * ex.prompt_share:.1f} % of |relevance| on prompt keys"
+        lines.append(f"**{role}**: class {names[ex.target] if ex.target < len(names) else ex.target}, deletion AUC "
+                     f"{ex.deletion_auc:.3f} vs random order {ex.deletion_random_auc:.3f}{prompts}")
+    st.caption("  \n".join(lines) + f"  \nDeletion: patches are blurred in decreasing relevance, "
+               f"{DELETION_STEPS} steps; lower AUC = more faithful.")

@@ -10,7 +10,8 @@ Adding a page is one module under ``app/views/`` (imported by ``app/views/__init
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -29,6 +30,8 @@ class PageContext:
     summary: dict[str, Any]
     dataset: Dataset | None
     data_key: str
+    demo_dir: Path | None = field(default=None, kw_only=True)
+    """The folder the checkpoints are listed from (views look for the demo's outputs there)."""
 
 
 @dataclass

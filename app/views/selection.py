@@ -29,6 +29,7 @@ from app.figures import (
     selection_table_matplotlib,
 )
 from app.loading import ImageCapture, assignments_csv, batch_selection
+from app.views.atlas import open_entry
 from app.views.registry import ImageContext, register_view
 from app.widgets import CHART_CONFIG, layer_slider, patch_inputs
 from tcpa_viz import plot_pool_usage_matplotlib, plot_pool_usage_plotly, pool_sizes, token_attention
@@ -111,6 +112,7 @@ def body(ctx: ImageContext) -> None:
         st.markdown(f"#### Selected patch ({row}, {col}) at layer {layer}")
         st.markdown(f"Image prompts selected by patch ({row}, {col}) at layer {layer}, rank 1 (most similar key) "
                     f"first: **{', '.join(f'img {e}' for e in chosen)}**")
+        atlas_link(layer, chosen, cap.cls_assign[layer].tolist() if cap.cls_assign is not None else [])
         tcpa_shares = prompt_shares(cap, layer, (row, col), chosen)
         base = ctx.baseline_capture if ctx.baseline is not None else None
         base_shares = prompt_shares(base, layer, (row, col), None) if base is not None else None
@@ -162,6 +164,19 @@ def body(ctx: ImageContext) -> None:
             labels=[image.label], predictions=[int(np.argmax(cap.probs))])),
         **batch_csv(ctx),
     })
+
+
+def atlas_link(layer: int, image_entries: list[int], cls_entries: list[int]) -> None:
+    """A selected prompt (the patch's image prompts, then the CLS token's) and a button opening its page in the
+    Prompt atlas view at this layer."""
+    options = [f"image {e}" for e in image_entries] + [f"cls {int(e)}" for e in cls_entries]
+    pick, go_button = st.columns([3, 1], vertical_alignment="bottom")
+    choice = pick.selectbox("Selected prompt to open in the prompt atlas", options, key="sel_atlas_entry",
+                            format_func=lambda o: o.replace("image", "img", 1))
+    if go_button.button("Open in atlas", key="sel_atlas_open") and choice is not None:
+        pool, entry = choice.split()
+        open_entry(layer, pool, int(entry))
+        st.rerun(scope="app")
 
 
 def share_matplotlib(tcpa: list[tuple[str, float]], baseline: list[tuple[str, float]] | None, title: str):
