@@ -32,9 +32,9 @@ from torch.utils.data import Dataset
 class SyntheticImages(Dataset):
     """``n`` random images ``[3, size, size]`` with labels, generated on the fly from the index (no storage)."""
 
-    def __init__(self, n: int, size: int, classes: int) -> None:
-        self.n, self.size, self.classes = n, size, classes
-        self.targets = [i % classes for i in range(n)]
+    def __init__(self, n: int, size: int, num_classes: int) -> None:
+        self.n, self.size, self.num_classes = n, size, num_classes
+        self.targets = [i % num_classes for i in range(n)]
 
     def __len__(self) -> int:
         return self.n

@@ -196,6 +196,18 @@ def test_collapse_is_named_on_a_collapsed_model_and_not_on_a_random_one():
     assert stats["distinct_sets"] > 2 and not stats["collapse"]["collapsed"], stats["collapse"]
 
 
+@pytest.mark.parametrize(("classes", "expected"), [
+    (["zero", "one", "two", "three"], ["zero", "one", "two", "three"]),
+    (CLASSES, None),  # a count under the name, not names
+    (["a", "b"], None),  # names of another number of classes
+])
+def test_class_names_are_taken_only_from_one_name_per_class(classes, expected):
+    data = Images(4, boxes=False)
+    data.classes = classes
+    atlas = prompt_atlas(make_model(), data, batch_size=4, progress=False, num_shuffles=0, gallery_size=0)
+    assert atlas.class_names == expected
+
+
 def test_bad_arguments_raise_named_errors():
     data = Images(3)
     with pytest.raises(PromptConfigError, match="out of range"):

@@ -288,6 +288,15 @@ def _reduce(counts: dict[tuple[int, str], PoolCounts], galleries: dict[tuple[int
         galleries[k] = merged
 
 
+def _class_names(dataset: Dataset, num_classes: int) -> list[str] | None:
+    """The dataset's ``classes`` (torchvision convention: one name per class) as strings, or None when it has
+    none or something else under that name (a count, a list of another length)."""
+    names = getattr(dataset, "classes", None)
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return [str(c) for c in names]
+    return None
+
+
 @torch.no_grad()
 def prompt_atlas(
     model: PromptedViT,
@@ -398,7 +407,7 @@ def prompt_atlas(
     finally:
         model.train(was_training)
     _reduce(counts, galleries)
-    class_names = getattr(dataset, "classes", None)
+    class_names = _class_names(dataset, num_classes)
     meta = {"depth": model.depth, "method": cfg.method, "rank_weight": "(K - r) / K for rank r = 0..K-1",
             "object_token": "patch whose centre lies inside the ground-truth box",
             "chance": f"mean over {num_shuffles} permutations of the image labels (class) or boxes (object)",
@@ -407,7 +416,7 @@ def prompt_atlas(
             "log_pool_sets": {p: math.log2(math.comb(sizes[p][0], sizes[p][1])) for p in pools}}
     return PromptAtlas(layers=chosen, num_images=n_images, num_classes=num_classes, grid=grid,
                        input_size=(int(height), int(width)), counts=counts, galleries=galleries,
-                       class_names=[str(c) for c in class_names] if class_names else None, notes=notes,
+                       class_names=class_names, notes=notes,
                        criteria=criteria or CollapseCriteria(), meta=meta)
 
 
