@@ -45,6 +45,13 @@ def project_kv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return attn.k_norm(_heads(attn, k)), _heads(attn, v)
 
 
+def project_q(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Queries only of normalised tokens ``x`` [B, R, D] -> [B, H, R, hd] (q norm applied)."""
+    width = attn.num_heads * attn.head_dim
+    bias = attn.qkv.bias[:width] if attn.qkv.bias is not None else None
+    return attn.q_norm(_heads(attn, F.linear(x, attn.qkv.weight[:width], bias)))
+
+
 def expand_mask(allowed: torch.Tensor, num_prefix: int, num_patches: int) -> torch.Tensor:
     """Full TCPA mask ``[B, Q, K]`` from the prompt-column selection ``allowed`` [B, Q, P]:
     every query sees all prefix and patch keys."""
@@ -94,17 +101,18 @@ def fused_masked_attention(
     """``(A * M) v`` through ``scaled_dot_product_attention`` (see the module docstring).
 
     Args:
-        q, k, v: [B, H, N, hd] of the tokens (prefix + patches).
+        q: [B, H, R, hd] queries of the first ``R <= N`` tokens; k, v: [B, H, N, hd] of the tokens (prefix +
+            patches).
         prompt_k, prompt_v: [B, H, P, hd] of the prompts.
-        allowed: [B or 1, N, P] bool, True where query row ``n`` selected prompt column ``p``.
+        allowed: [B or 1, R, P] bool, True where query row ``r`` selected prompt column ``p``.
         present: [P] bool or None; False prompt columns are left out of the softmax (removed prompts).
     Returns:
-        [B, H, N, hd]
+        [B, H, R, hd]
     """
-    b, n, p = q.shape[0], q.shape[2], prompt_k.shape[2]
+    b, rows, n, p = q.shape[0], q.shape[2], k.shape[2], prompt_k.shape[2]
     keys = torch.cat([k, prompt_k, prompt_k], dim=2)
     values = torch.cat([v, prompt_v, prompt_v.new_zeros(()).expand_as(prompt_v)], dim=2)
-    bias = q.new_zeros(b, 1, n, n + 2 * p)
+    bias = q.new_zeros(b, 1, rows, n + 2 * p)
     bias[:, 0, :, n:n + p].masked_fill_(~allowed, float("-inf"))
     bias[:, 0, :, n + p:].masked_fill_(allowed, float("-inf"))
     if present is not None:
@@ -197,22 +205,30 @@ def sequence_block_explicit(
 
 def block_fused(
     block: Block, x: torch.Tensor, prompts: torch.Tensor, allowed: torch.Tensor | None,
-    present: torch.Tensor | None = None,
+    present: torch.Tensor | None = None, rows: int | None = None,
 ) -> torch.Tensor:
     """One timm ``Block`` with key/value-only prompts through fused attention (no matrices kept).
 
     Args:
         x: [B, N, D]; prompts: [B or 1, P, D]; allowed: [B or 1, N, P] bool, or None (all prompts visible).
         present: [P] bool or None (only with ``allowed``); False prompt columns are left out of the softmax.
+        rows: compute only the output rows ``0..rows-1`` (their queries; keys and values still come from
+            every token), e.g. the class token that is all the head reads after the last block.
     Returns:
-        [B, N, D]
+        [B, N, D], or [B, rows, D] with ``rows``
     """
     attn = block_attention(block)
     h = block.norm1(x)
-    q, k, v = project_qkv(attn, h)
-    # q is a view of the whole qkv output, which SDPA would keep alive for the backward: an own copy of q lets
-    # the qkv output go once its k, v are concatenated with the prompts' (the values are unchanged).
-    q = q.contiguous()
+    if rows is None:
+        q, k, v = project_qkv(attn, h)
+        # q is a view of the whole qkv output, which SDPA would keep alive for the backward: an own copy of q
+        # lets the qkv output go once its k, v are concatenated with the prompts' (the values are unchanged).
+        q = q.contiguous()
+    else:
+        k, v = project_kv(attn, h)
+        x, h = x[:, :rows], h[:, :rows]
+        q = project_q(attn, h)
+        allowed = None if allowed is None else allowed[:, :rows]
     pk, pv = project_kv(attn, block.norm1(prompts))
     pk, pv = pk.expand(x.shape[0], -1, -1, -1), pv.expand(x.shape[0], -1, -1, -1)
     if allowed is None:

@@ -262,9 +262,26 @@ class PromptedViT(nn.Module):
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Stream after the last block -> pre-logits features ``[B, D]`` (``features`` hook point)."""
+        return self._features(self.spec.leave_stream(self, x))
+
+    def _features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block ``[B, prefix+Np, D]`` (or the prefix rows alone for a class-token
+        head) -> final norm, pooling, ``features`` hook point, ``[B, D]``."""
         bb = self.backbone
-        features = bb.forward_head(bb.norm(self.spec.leave_stream(self, x)), pre_logits=True)
-        out: torch.Tensor = self.hook_features(features)
+        out: torch.Tensor = self.hook_features(bb.forward_head(bb.norm(tokens), pre_logits=True))
+        return out
+
+    def logits_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` from the stream ``x`` entering block ``start`` (negative allowed), equal to
+        ``head_from_tokens(run_blocks(x, start)[0])``. When the head reads the class token alone
+        (``global_pool='token'``), the last block computes only that row where the method can
+        (:meth:`PromptMethod.head_rows`): the batched reruns of interventions use this."""
+        bb = self.backbone
+        first, last = range(self.depth)[start], self.depth - 1
+        if bb.global_pool != "token" or getattr(bb, "attn_pool", None) is not None or not self.num_prefix:
+            return self.head_from_tokens(self.run_blocks(x, first)[0])
+        x = self.run_blocks(x, first, last)[0]
+        out: torch.Tensor = self.head(self._features(self.spec.head_rows(self, last, x, 1)))
         return out
 
     def head_from_tokens(self, x: torch.Tensor) -> torch.Tensor:

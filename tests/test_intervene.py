@@ -398,3 +398,19 @@ def test_intervene_needs_a_prompted_vit():
     with pytest.raises(UnsupportedModelError, match="needs a PromptedViT"):
         with intervene(tiny_vit("plain"), selection="all"):
             pass
+
+
+# ------------------------------------------------------------------------------------------ reruns
+@pytest.mark.parametrize("edit", [
+    {}, {"mask_prompts": {-1: {"cls": [0, 1]}}}, {"remove_prompts": {-1: {"cls": [3], "image": [5]}}},
+    {"selection": "shared"}, {"selection": "all"},
+])
+@pytest.mark.parametrize("variant", ["plain", "registers"])
+def test_logits_from_the_class_token_row_equal_the_full_rerun(edit, variant):
+    """``logits_from`` computes the last block for the class-token row only; it must equal running every row."""
+    model, images = _model(variant=variant)
+    with torch.no_grad(), intervene(model, **edit):
+        stream = model.run_blocks(model.embed(images), 0, 1)[0]
+        full = model.head_from_tokens(model.run_blocks(stream, 1)[0])
+        torch.testing.assert_close(model.logits_from(stream, 1), full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.logits_from(model.embed(images)), model(images), atol=1e-5, rtol=0)

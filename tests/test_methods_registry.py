@@ -94,6 +94,8 @@ def test_every_method_forward_capture_checkpoint_and_one_training_step(method, t
         stream = model.embed(images)
         half, _ = model.run_blocks(stream, 0, 1)
         torch.testing.assert_close(model.head_from_tokens(model.run_blocks(half, 1)[0]), logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.logits_from(stream), logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.logits_from(half, -1), logits, atol=1e-5, rtol=0)
         with capture(model, names=ALL_NAMES) as cache:
             captured = model(images)
     torch.testing.assert_close(captured, logits, atol=1e-5, rtol=0)

@@ -103,6 +103,12 @@ class PromptMethod:
         x = model.block_hooks(layer).resid_pre(x)
         return self.sequence_block(model, layer, x, 0), x.new_zeros(())
 
+    def head_rows(self, model: PromptedViT, layer: int, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """Rows ``0..rows-1`` of block ``layer``'s output as the final norm sees them (after
+        :meth:`leave_stream`), ``[B, rows, D]``. This default runs the whole block; a method that can compute
+        those query rows alone overrides it (after the last block a class-token head reads row 0 only)."""
+        return self.leave_stream(model, self.run_block(model, layer, x)[0])[:, :rows]
+
     @staticmethod
     def sequence_block(model: PromptedViT, layer: int, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
         """timm's block ``layer`` on a full sequence ``[prefix | prompts | patches]`` in which prompts are

@@ -109,6 +109,15 @@ class TCPA(PromptMethod):
         return chosen.repeat_interleave(cfg.prompt_length, dim=-1) if cfg.prompt_length > 1 else chosen, loss
 
     def run_block(self, model: PromptedViT, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._block(model, layer, x, None)
+
+    def head_rows(self, model: PromptedViT, layer: int, x: torch.Tensor, rows: int) -> torch.Tensor:
+        return self._block(model, layer, x, rows)[0]
+
+    def _block(self, model: PromptedViT, layer: int, x: torch.Tensor, rows: int | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``layer``: output ``[B, N, D]`` (or its first ``rows`` rows, computed alone on the fast path)
+        and the pool-loss term."""
         pools, hooks = pools_of(model), model.block_hooks(layer)
         edit = model.block_edit(layer)
         x = hooks.resid_pre(x)
@@ -129,9 +138,9 @@ class TCPA(PromptMethod):
         prompts = hooks.prompts(prompts)
         block = model.block(layer)
         if hooks.wants_attention:
-            x = block_explicit(block, x, model.num_prefix, prompts, allowed, hooks, present)[0]
+            x = block_explicit(block, x, model.num_prefix, prompts, allowed, hooks, present)[0][:, :rows]
         else:
-            x = block_fused(block, x, prompts, allowed, present)
+            x = block_fused(block, x, prompts, allowed, present, rows)
         return x, loss
 
 

@@ -7,7 +7,8 @@ accuracy and the mean change of the true-class logit over the dataset; for every
 
 Batched: per batch the trunk runs once (``model.embed`` and ``model.run_blocks`` block by block, keeping the
 stream entering every chosen block), and each intervention reruns only blocks ``l..L-1`` from the stored
-stream. Masking an entry changes nothing for an image where no token selected it (its column is already 0
+stream (:meth:`PromptedViT.logits_from`: the last block computes only the class-token row the head reads).
+Masking an entry changes nothing for an image where no token selected it (its column is already 0
 for every query), so ``mask`` reruns only the images where some token of block ``l`` selected the entry and
 keeps the unchanged logits of the others: the effect of an entry nobody selects is exactly 0.
 """
@@ -153,7 +154,7 @@ def prompt_importance(
                 for layer in chosen:
                     x = model.run_blocks(x, start, layer)[0]
                     streams[layer], start = x, layer
-                base = model.head_from_tokens(model.run_blocks(x, start)[0])
+                base = model.logits_from(x, start)
             base_pred, base_true = base.argmax(-1), base[rows, labels]
             base_correct += float((base_pred == labels).sum())
             images_seen += len(labels)
@@ -172,15 +173,15 @@ def prompt_importance(
                         sums[j] += score(base) + (0, 0, 0, n_sel)
                         continue
                     with intervene(model, mask_prompts={layer: {p: [e]}}):
-                        out = model.head_from_tokens(model.run_blocks(streams[layer][subset], layer)[0])
+                        out = model.logits_from(streams[layer][subset], layer)
                     sums[j] += score(out, subset) + (0, 0, 0, n_sel)
                 else:
                     with intervene(model, remove_prompts={layer: {p: [e]}}):
-                        out = model.head_from_tokens(model.run_blocks(streams[layer], layer)[0])
+                        out = model.logits_from(streams[layer], layer)
                     sums[j] += score(out) + (0, 0, 0, n_sel)
             for j, rule in enumerate(rule_list):
                 with intervene(model, selection=rule, seed=seed):
-                    rule_sums[j] += score(model(images))
+                    rule_sums[j] += score(model.logits_from(model.embed(images)))
     finally:
         model.train(was_training)
     flat = all_reduce_sum([base_correct, images_seen, *sums.ravel(), *rule_sums.ravel()])
