@@ -119,18 +119,18 @@ def check_layers(layers: Any, depth: int, what: str = "layers", error: type[Exce
             raise error(
                 f"{what} must be a block index or an iterable of them (e.g. [0, -1]), got {type(layers).__name__}."
             ) from None
-    chosen: list[int] = []
-    for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-            raise error(f"{what} must hold integer block indices, got {type(layer).__name__} {layer!r}.")
-        index = int(layer)
-        if not -depth <= index < depth:
-            raise error(
-                f"layer {index} is out of range for a model with {depth} blocks; use 0..{depth - 1} "
-                f"or -{depth}..-1."
-            )
-        chosen.append(index % depth)
-    return sorted(set(chosen))
+    return sorted({check_layer(layer, depth, what, error) for layer in items})
+
+
+def check_layer(layer: Any, depth: int, what: str = "layer", error: type[Exception] = CaptureError) -> int:
+    """One block index in ``[0, depth)`` (negative counts from the end); ``error`` names what is wrong."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise error(f"{what} must hold integer block indices, got {type(layer).__name__} {layer!r}.")
+    index = int(layer)
+    if not -depth <= index < depth:
+        raise error(f"{what}: block {index} is out of range for a model with {depth} blocks; use 0..{depth - 1} "
+                    f"or -{depth}..-1.")
+    return index % depth
 
 
 def _check_names(names: Any) -> set[str]:

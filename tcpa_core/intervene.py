@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .capture import prompted_model
+from .capture import check_layer, prompted_model
 from .errors import PromptConfigError
 from .hooks import BLOCK_HOOKS, MODEL_HOOKS, BlockEdit, HookPoint
 from .methods import get_method, list_methods
@@ -34,18 +34,6 @@ def _pool_methods() -> str:
     return ", ".join(name for name in list_methods() if get_method(name).has_pools)
 
 
-def _layer(layer: Any, depth: int, what: str) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-        raise PromptConfigError(f"{what}: block indices must be integers, got {type(layer).__name__} {layer!r}.")
-    index = int(layer)
-    if not -depth <= index < depth:
-        raise PromptConfigError(
-            f"{what}: block {index} does not exist in a model with {depth} blocks; use 0..{depth - 1} "
-            f"or -{depth}..-1."
-        )
-    return index % depth
-
-
 def _entries(spec: Any, pools: PromptPools, depth: int, what: str) -> dict[int, dict[str, frozenset[int]]]:
     """``{layer: {pool: entries}}`` checked against the model; layers normalised to ``0..depth-1``."""
     if not isinstance(spec, Mapping):
@@ -55,7 +43,7 @@ def _entries(spec: Any, pools: PromptPools, depth: int, what: str) -> dict[int, 
     sizes = {"cls": pools.cls_pool_size, "image": pools.image_pool_size}
     out: dict[int, dict[str, frozenset[int]]] = {}
     for raw_layer, by_pool in spec.items():
-        layer = _layer(raw_layer, depth, what)
+        layer = check_layer(raw_layer, depth, what, PromptConfigError)
         if not isinstance(by_pool, Mapping):
             raise PromptConfigError(
                 f"{what}[{raw_layer!r}] must map pool -> entries, e.g. {{'image': [3, 11]}}; got "
@@ -114,7 +102,7 @@ def _hooks(spec: Any, method: Any, depth: int) -> list[tuple[str, int | None, Ca
             )
         if layer is None:
             raise PromptConfigError(f"hook point {name!r} is per block; use the key ({name!r}, block).")
-        resolved = _layer(layer, depth, f"hooks[{key!r}]")
+        resolved = check_layer(layer, depth, f"hooks[{key!r}]", PromptConfigError)
         fires = method.hook_layers(name, depth)
         if resolved not in fires:
             where = f"only in blocks {list(fires)}" if fires else "in no block"

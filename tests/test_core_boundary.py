@@ -130,8 +130,8 @@ def _tcpa():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(layers=[2]), "layer 2 is out of range for a model with 2 blocks"),
-    (dict(layers=-3), "layer -3 is out of range"),
+    (dict(layers=[2]), "block 2 is out of range for a model with 2 blocks"),
+    (dict(layers=-3), "block -3 is out of range"),
     (dict(layers=["0"]), "integer block indices, got str"),
     (dict(layers=[0.0]), "integer block indices, got float"),
     (dict(layers=[True]), "integer block indices, got bool"),

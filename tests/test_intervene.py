@@ -344,9 +344,9 @@ def test_hook_on_resid_pre_and_prompts_replaces_them():
 
 # ------------------------------------------------------------------------------------------ validation
 BAD = [
-    (dict(mask_prompts={2: {"image": [0]}}), "block 2 does not exist"),
-    (dict(mask_prompts={-3: {"image": [0]}}), "block -3 does not exist"),
-    (dict(mask_prompts={"0": {"image": [0]}}), "block indices must be integers"),
+    (dict(mask_prompts={2: {"image": [0]}}), "block 2 is out of range"),
+    (dict(mask_prompts={-3: {"image": [0]}}), "block -3 is out of range"),
+    (dict(mask_prompts={"0": {"image": [0]}}), "integer block indices, got str"),
     (dict(mask_prompts={0: {"text": [0]}}), "unknown pool 'text'"),
     (dict(remove_prompts={0: {"image": [12]}}), "entry 12 does not exist"),
     (dict(remove_prompts={0: {"cls": [-1]}}), "entry -1 does not exist"),
@@ -356,7 +356,7 @@ BAD = [
     (dict(selection="best"), "unknown selection 'best'"),
     (dict(seed="1", selection="random"), "seed must be an integer"),
     (dict(hooks={("attention", 0): lambda v, layer: v}), "unknown hook point 'attention'"),
-    (dict(hooks={("attn", 5): lambda v, layer: v}), "block 5 does not exist"),
+    (dict(hooks={("attn", 5): lambda v, layer: v}), "block 5 is out of range"),
     (dict(hooks={"attn": lambda v, layer: v}), "is per block"),
     (dict(hooks={("features", 0): lambda v, layer: v}), "belongs to the whole model"),
     (dict(hooks={("attn", 0): 3}), "must be a function"),

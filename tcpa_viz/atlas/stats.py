@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tcpa_core import capture
+from tcpa_core.capture import check_layers
 from tcpa_core.data.datasets import dataset_size
 from tcpa_core.distributed import all_gather_objects, default_device, is_distributed, is_main_process
 from tcpa_core.errors import PromptConfigError, UnsupportedModelError
@@ -229,13 +230,9 @@ class PromptAtlas:
 
 
 def _resolve_layers(model: PromptedViT, layers: Any) -> list[int]:
-    depth = model.depth
-    chosen = list(range(depth)) if layers is None else [int(x) for x in layers]
-    bad = [x for x in chosen if not -depth <= x < depth]
-    if bad:
-        raise PromptConfigError(f"layers {bad} are out of range for a model with {depth} blocks (use 0..{depth - 1} "
-                                "or negative indices).")
-    return sorted({x % depth for x in chosen})
+    """Sorted block indices of ``layers`` (an int or an iterable of them, negative allowed; None: all)."""
+    return list(range(model.depth)) if layers is None else check_layers(layers, model.depth, "layers",
+                                                                        PromptConfigError)
 
 
 def _check_model(model: PromptedViT) -> None:
