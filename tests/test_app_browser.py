@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir
 
-from app.browser_steps import choose_view, click_patch_marker, click_until, point_position, settle
+from app.browser_steps import choose_view, click_patch_marker, click_point, point_position, settle
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
@@ -67,8 +67,9 @@ SCREENSHOTS_ENV = "TCPA_VIZ_SCREENSHOTS"
 """Folder where the browser test also copies its screenshots (to look at them; default: only pytest's tmp)."""
 
 
-def download_png(page: Any) -> tuple[str, bytes]:
-    """Press the PNG export button; returns the file's suggested name and its bytes.
+def download(page: Any, key: str = "sel_export", kind: str = "png") -> tuple[str, bytes]:
+    """Press the export button ``{key}_{kind}`` (``kind``: ``png``, ``html`` or ``csv_<suffix>``); returns the
+    file's suggested name and its bytes.
 
     Export files are produced on demand by callables that every script run registers anew, so a press that
     races the last rerun's update of the page can name a callable that is already gone: the page is let
@@ -77,11 +78,10 @@ def download_png(page: Any) -> tuple[str, bytes]:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     def press() -> tuple[str, bytes]:
-        page.wait_for_timeout(1000)
         settle(page)
-        with page.expect_download(timeout=20_000) as download:
-            page.locator(".st-key-sel_export_png button").click()
-        return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+        with page.expect_download(timeout=20_000) as event:
+            page.locator(f".st-key-{key}_{kind} button").click()
+        return event.value.suggested_filename, Path(event.value.path()).read_bytes()
 
     try:
         return press()
@@ -127,7 +127,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             settle(page, "Selected patch (2, 3) at layer 4")
             assert page.get_by_text("the baseline gives its 10 prompts").count() == 1
             shots.append(shoot(page, tmp_path, "1_selection"))
-            name, png = download_png(page)
+            name, png = download(page)
             assert name.endswith("_patch2-3_layer4_image_and_patch_grid.png") and png.startswith(b"\x89PNG"), name
 
             page.locator(".st-key-sel_panel button").filter(has_text="image coloured by selected prompt").click()
@@ -150,7 +150,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             at = point_position(page, "tsne_TCPA", 1, 2)
             index = int(at["customdata"][0])
             assert index != 0
-            click_until(page, at["x"], at["y"], f"current: test image {index}")
+            click_point(page, "tsne_TCPA", 1, 2, f"current: test image {index}")
             shots.append(shoot(page, tmp_path, "4_tsne_point_clicked"))
 
             choose_view(page, "Prompt selection")

@@ -60,8 +60,7 @@ def body(ctx: ImageContext) -> None:
     depth = ctx.tcpa_capture.depth
     num_heads = min(lm.num_heads for _, lm, _ in models)
     options = head_options(num_heads)
-    if st.session_state.get(state.HEADS) not in options:
-        st.session_state[state.HEADS] = "mean"
+    state.show_notes()
     row, col = state.patch()
     h, w = ctx.tcpa_capture.layout.grid_size
     top = st.columns([2, 1, 1.2, 1.4])
@@ -100,7 +99,8 @@ def body(ctx: ImageContext) -> None:
     st.markdown(f"**Attention of {query_name} at layer {layer}, {head_text(heads_choice)}**"
                 + (" (before the mask)" if raw else ""))
     fig = overlay_compare_figure(image.display, grids, box, smooth, title)
-    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, w, OVERLAY_CHART),
+    fig.update_layout(meta=state.chart_meta(OVERLAY_CHART))
+    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, (h, w), OVERLAY_CHART),
                     selection_mode="points", config=CHART_CONFIG)
     st.caption("  \n".join(lines) + "  \nOne colour scale for both models (0 to the larger maximum); the "
                "difference panel is TCPA minus baseline. Row sums below 1: TCPA's mask removes the unselected "
