@@ -576,3 +576,86 @@ def test_attention_view_explanation_and_deletion_curve(app: AppTest, demo_dir: P
     assert f"class 3, deletion AUC {float(auc):.3f}" in line
     spec = next(c.proto.spec for c in app.get("plotly_chart") if "deletion AUC" in c.proto.spec)
     assert f"{method} map (class 3)" in spec
+
+
+# ------------------------------------------------------------------------------------------ selection validation
+def test_stored_selection_is_checked_against_the_current_model() -> None:
+    state = app_module("app.state")
+    demo = state.Scope(model="demo", grid=(8, 8), depth=6, heads=3, classes=10, dataset="digits", images=360)
+    vitb = state.Scope(model="vitb", grid=(14, 14), depth=12, heads=12, classes=10, dataset="digits", images=360)
+    fresh: dict[str, Any] = {}
+    assert state.check_selection(fresh, demo) == []
+    assert (fresh["patch_row"], fresh["patch_col"], fresh["layer"], fresh["heads"]) == (4, 4, 5, "mean")
+    # chosen on the ViT-B model: patch (13, 0), layer 11, head 11, explanation class 9, test image 359
+    store = {"patch_row": 13, "patch_col": 0, "layer": 11, "heads": "11", "att_explain_target": 9,
+             "image_index": 359}
+    notes = state.check_selection(store, demo, previous=vitb)
+    assert (store["patch_row"], store["patch_col"]) == (7, 0), "same image position on the 8x8 grid"
+    assert store["layer"] == 5 and store["heads"] == "mean"
+    assert store["att_explain_target"] == 9 and store["image_index"] == 359, "still valid: kept"
+    assert len(notes) == 3 and "14x14" in notes[0] and "(7, 0)" in notes[0]
+    assert "Layer 11" in notes[1] and "Head 11" in notes[2]
+    # unknown previous scope: range checks only
+    store = {"patch_row": 8, "patch_col": 2, "layer": 6, "heads": "2", "att_explain_target": 12, "image_index": 400}
+    notes = state.check_selection(store, demo)
+    assert (store["patch_row"], store["patch_col"], store["layer"], store["heads"]) == (4, 4, 5, "2")
+    assert store["att_explain_target"] == "predicted" and store["image_index"] == 0
+    assert [n.split()[0] for n in notes] == ["The", "Layer", "Test", "Explanation"]
+    # the same selection in the same scope is left alone
+    store = {"patch_row": 1, "patch_col": 7, "layer": 0, "heads": "max", "image_index": 12}
+    assert state.check_selection(store, demo, previous=demo) == []
+    assert store == {"patch_row": 1, "patch_col": 7, "layer": 0, "heads": "max", "image_index": 12}
+    # another data set: the test index is reset
+    other = state.Scope(model="demo", grid=(8, 8), depth=6, heads=3, classes=10, dataset="cifar", images=10_000)
+    assert "another data set" in state.check_selection(store, other, previous=demo)[0]
+    assert store["image_index"] == 0
+
+
+def test_a_click_from_a_chart_of_another_grid_is_ignored() -> None:
+    state = app_module("app.state")
+    figures = app_module("app.figures")
+    points = [list(figures.patch_customdata(14, 14)[13 * 14 + 5])]
+    assert state.grid_click(points, (14, 14)) == ((13, 5), None)
+    patch, text = state.grid_click(points, (8, 8))
+    assert patch is None and "14x14" in text and "8x8" in text
+    assert state.grid_click([[3, 9]], (8, 8))[0] is None, "outside the grid"
+    assert state.grid_click([], (8, 8)) == (None, None)
+
+
+def test_an_invalid_stored_selection_is_reset_with_a_note(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEMO_DIR_ENV, str(demo_dir))
+    monkeypatch.setenv(THREADS_ENV, str(torch.get_num_threads()))
+    monkeypatch.delenv(CHECKPOINTS_ENV, raising=False)
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT)
+    at.session_state["patch_row"], at.session_state["patch_col"] = 9, 1
+    at.session_state["heads"] = "7"
+    at.session_state["image_index"] = 10**6
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    notes = " ".join(i.value for i in at.info)
+    assert "patch (9, 1) is outside the patch grid" in notes and "Head 7" in notes and "Test image 1000000" in notes
+    assert "Selected patch (2, 2) at layer 1" in texts(at) and "test image 0" in texts(at)
+    at.run()
+    assert not any("outside the patch grid" in i.value for i in at.info), "each note is shown once"
+
+
+def test_default_checkpoints_follow_the_method_registry() -> None:
+    from tcpa_core.methods import list_methods
+
+    loading = app_module("app.loading")
+
+    def info(label: str, method: str, family: bool) -> Any:
+        return loading.CheckpointInfo(label=label, weights=f"/x/{label}/model.safetensors", method=method,
+                                      backbone="vit", fingerprint="f", mtime=0.0, tcpa_family=family)
+
+    baselines, tcpas = list_methods(role="baseline"), list_methods(role="tcpa")
+    infos = [info("r-tcpa/best", "r-tcpa", True), info("vpt-deep/best", "vpt-deep", False),
+             info("tcpa/last", "tcpa", True), info("vpt-shallow/last", "vpt-shallow", False),
+             info("tcpa/best", "tcpa", True), info("vp/best", "vp", False), info("odd/best", "unknown", False)]
+    assert baselines.index("vpt-deep") < baselines.index("vp") and tcpas.index("tcpa") < tcpas.index("r-tcpa")
+    assert loading.default_choice(infos, tcpa=True) == 4, "best first, then TCPA before R-TCPA"
+    assert loading.default_choice(infos, tcpa=False) == 1, "best first, then registry order"
+    assert loading.default_choice(infos[:1] + infos[6:], tcpa=False) == 1, "an unregistered method still counts"
+    assert loading.default_choice(infos[1:2], tcpa=True) is None
+    demo = [info("tcpa/best", "tcpa", True), info("vpt-deep/best", "vpt-deep", False)]
+    assert (loading.default_choice(demo, tcpa=False), loading.default_choice(demo, tcpa=True)) == (1, 0)
