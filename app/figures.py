@@ -579,8 +579,8 @@ def class_accuracy_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], class_
     fig = go.Figure()
     for role, accuracy, images in rows:
         correct = np.rint(np.nan_to_num(accuracy) * images).astype(int)
-        fig.add_trace(go.Bar(x=class_names, y=accuracy, name=role, marker_color=MODEL_COLOURS.get(role),
-                             customdata=np.stack([correct, images], axis=-1),
+        fig.add_trace(go.Bar(x=class_names, y=accuracy.tolist(), name=role, marker_color=MODEL_COLOURS.get(role),
+                             customdata=np.stack([correct, images], axis=-1).tolist(),
                              hovertemplate=f"{role}<br>class %{{x}}: %{{y:.1%}} (%{{customdata[0]}} of "
                                            "%{customdata[1]})<extra></extra>"))
     fig.update_layout(title=dict(text=title), barmode="group", height=360, margin=dict(l=10, r=10, t=60, b=10),
@@ -601,12 +601,14 @@ def confusion_figure(panels: list[tuple[str, np.ndarray]], class_names: list[str
                         horizontal_spacing=0.08)
     zmax = max(int(m.max()) for _, m in panels) or 1
     for i, (name, matrix) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(z=matrix, x=class_names, y=class_names, zmin=0, zmax=zmax, colorscale="Blues",
-                                 showscale=i == len(panels), colorbar=dict(title="images", thickness=12),
-                                 text=matrix if count <= 20 else None, texttemplate="%{text}" if count <= 20 else None,
+        fig.add_trace(go.Heatmap(z=matrix.tolist(), x=class_names, y=class_names, zmin=0, zmax=zmax,
+                                 colorscale="Blues", showscale=i == len(panels),
+                                 colorbar=dict(title="images", thickness=12),
+                                 text=matrix.tolist() if count <= 20 else None,
+                                 texttemplate="%{text}" if count <= 20 else None,
                                  hovertemplate=f"{name}<br>true %{{y}}, predicted %{{x}}: %{{z}}<extra></extra>"),
                       row=1, col=i)
-        for row in differing:
+        for row in differing.tolist():
             fig.add_shape(type="rect", x0=-0.5, x1=count - 0.5, y0=row - 0.5, y1=row + 0.5,
                           line=dict(color=DIFFERING_COLOUR, width=2.5), row=1, col=i)
         fig.update_xaxes(title="predicted class", type="category", tickmode="array", tickvals=class_names,

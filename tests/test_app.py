@@ -659,3 +659,81 @@ def test_default_checkpoints_follow_the_method_registry() -> None:
     assert loading.default_choice(infos[1:2], tcpa=True) is None
     demo = [info("tcpa/best", "tcpa", True), info("vpt-deep/best", "vpt-deep", False)]
     assert (loading.default_choice(demo, tcpa=False), loading.default_choice(demo, tcpa=True)) == (1, 0)
+
+
+# ------------------------------------------------------------------------------------------ models view
+def test_confusion_numbers_against_independent_counts() -> None:
+    import numpy as np
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    loading = app_module("app.loading")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, size=200)
+    labels[labels == 4] = 5  # class 4 has no images
+    preds = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 7, size=200))
+    matrix = loading.confusion_matrix(labels, preds, 7)
+    np.testing.assert_array_equal(matrix, sk_confusion(labels, preds, labels=list(range(7))))
+    accuracy = loading.per_class_accuracy(matrix)
+    for c in range(7):
+        images = np.sum(labels == c)
+        if images:
+            assert accuracy[c] == pytest.approx(np.sum((labels == c) & (preds == c)) / images)
+        else:
+            assert np.isnan(accuracy[c])
+    first = np.array([[5, 1, 0], [0, 4, 2], [1, 1, 3]])
+    second = first.copy()
+    second[1] = [0, 5, 1]  # same row sum, one image moved
+    second[2] = [1, 1, 3]
+    assert loading.differing_rows(first, second).tolist() == [1]
+    assert loading.differing_rows(first, first).tolist() == []
+    with pytest.raises(ValueError, match="different shapes"):
+        loading.differing_rows(first, np.zeros((2, 2)))
+
+
+def write_history(run: Path, val_acc: list[float]) -> None:
+    history = [{"epoch": e + 1, "random_selection": e == 0, "train_loss": 2.0 / (e + 1), "train_acc": 0.1 * e,
+                "val_acc": acc, "val_loss": 1.0} for e, acc in enumerate(val_acc)]
+    (run / "summary.json").write_text(json.dumps({"history": history, "best_epoch": 2}))
+
+
+def test_models_view_curves_class_accuracy_and_confusion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from tcpa_core.checkpoint import load_checkpoint
+    from tcpa_core.train import evaluate
+
+    demo = write_demo_dir(tmp_path)
+    write_history(demo / "tcpa", [0.3, 0.6, 0.5])
+    at = start(monkeypatch, demo)
+    at.radio(key="view").set_value("models").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    curves = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = {t.get("name") for t in curves["data"]}
+    assert "TCPA: tcpa/best" in names and [t["y"] for t in curves["data"] if t.get("name") == "TCPA: tcpa/best"][1] \
+        == [0.3, 0.6, 0.5]
+    assert "No training history for vpt-deep/best" in texts(at)
+    at.number_input(key="models_images_test").set_value(50).run()
+    at.button(key="models_eval").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    bars = charts[1]["data"]
+    assert [b["name"] for b in bars] == ["Baseline", "TCPA"] and bars[0]["x"] == [str(c) for c in range(10)]
+    # independent: evaluate the TCPA checkpoint on the same stratified images and count per class
+    loading = app_module("app.loading")
+    dataset = DigitsOnClutter(split="test", transform=build_transforms(
+        {**load_checkpoint(demo / "tcpa" / "best").data_config, "input_size": (3, 32, 32)}, train=False))
+    indices = loading.stratified_indices(np.asarray(dataset.targets), 50)
+    model = load_checkpoint(demo / "tcpa" / "best")
+    preds = evaluate(model, torch.utils.data.Subset(dataset, indices.tolist()), return_predictions=True).predictions
+    labels = np.asarray(dataset.targets)[indices]
+    expected = [float(np.mean(preds.numpy()[labels == c] == c)) for c in range(10)]
+    assert bars[1]["y"] == pytest.approx(expected)
+    confusion = charts[2]["data"]
+    assert len(confusion) == 2 and np.sum(confusion[1]["z"]) == 50
+    shapes = charts[2]["layout"].get("shapes", [])
+    differing = loading.differing_rows(np.asarray(confusion[0]["z"]), np.asarray(confusion[1]["z"]))
+    assert len(shapes) == 2 * len(differing)
+    assert f"**{len(differing)} of 10 classes with differing rows**" in texts(at)
+    if len(differing):
+        table = at.dataframe[-1].value
+        assert len(table) == 2 * len(differing) and "pred 0" in table.columns
