@@ -737,3 +737,33 @@ def test_models_view_curves_class_accuracy_and_confusion(tmp_path: Path, monkeyp
     if len(differing):
         table = at.dataframe[-1].value
         assert len(table) == 2 * len(differing) and "pred 0" in table.columns
+
+
+def test_explanation_exports_name_method_class_and_image(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = app_module("app.export")
+    attention = app_module("app.views.attention")
+    bars: dict[str, tuple[list[Any], str, dict[str, Any]]] = {}
+
+    def recording(figures: list[Any], key: str, stem: str, csv: dict[str, Any] | None = None,
+                  heading: str = "Export") -> None:
+        bars[key] = (figures, stem, csv or {})
+        export.export_bar(figures, key, stem, csv, heading)
+
+    monkeypatch.setattr(attention, "export_bar", recording)
+    app.number_input(key="image_index").set_value(4).run()
+    app.radio(key="view").set_value("attention").run()
+    app.toggle(key="att_explain").set_value(True).run()
+    app.selectbox(key="att_explain_method").set_value("attention").run()
+    app.selectbox(key="att_explain_target").set_value(3).run()
+    assert not app.exception and not app.error, [e.value for e in app.exception]
+    figures, stem, tables = bars["att_explain_export"]
+    assert stem == "test_image_4_attention_class3"
+    assert export.png_bytes(figures[0].matplotlib, dpi=50).startswith(b"\x89PNG")
+    map_csv = tables["CSV: map"][1]().decode().splitlines()
+    assert map_csv[0] == "model,method,target,row,col,relevance" and len(map_csv) == 1 + 2 * 16
+    assert map_csv[1].startswith("Baseline,attention,3,0,0,")
+    curve = tables["CSV: curve"][1]().decode().splitlines()
+    assert len(curve) == 1 + 2 * 9 and curve[-1].startswith("TCPA,attention,3,1.0,")
+    keys = {b.key for b in app.get("download_button")}
+    assert {"att_explain_export_png", "att_explain_export_csv_relevance_map",
+            "att_explain_export_csv_deletion_curve"} <= keys

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
-from app.export import ExportFigure, export_bar
+from app.export import ExportFigure, export_bar, slug
 from app.figures import (
     mask_figure,
     mask_matplotlib,
@@ -177,6 +177,51 @@ def explanation_figure(display: np.ndarray, rows: list[tuple[str, ImageExplanati
     return fig
 
 
+def explanation_matplotlib(display: np.ndarray, rows: list[tuple[str, ImageExplanation]], title: str):
+    """Static version of :func:`explanation_figure` (PNG export)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    height, width = display.shape[:2]
+    for (role, ex), (left, right) in zip(rows, axes, strict=True):
+        left.imshow(display)
+        left.imshow(ex.patches, cmap="inferno", alpha=0.55, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                    interpolation="nearest")
+        left.set_title(f"{role}: {ex.method} map (class {ex.target})", fontsize="medium")
+        left.set_axis_off()
+        right.plot(ex.fractions, ex.deletion, marker="o", label="relevance order")
+        right.plot(ex.fractions, ex.deletion_random, marker="o", linestyle=":", label="random order")
+        right.set_title(f"{role}: deletion AUC {ex.deletion_auc:.3f} (random {ex.deletion_random_auc:.3f})",
+                        fontsize="medium")
+        right.set_xlabel("share of patches deleted")
+        right.set_ylabel("target probability")
+        right.set_ylim(bottom=0)
+        right.legend(fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def explanation_map_csv(rows: list[tuple[str, ImageExplanation]]) -> bytes:
+    """CSV of every model's patch relevance: ``model,method,target,row,col,relevance``."""
+    lines = ["model,method,target,row,col,relevance"]
+    for role, ex in rows:
+        h, w = ex.patches.shape
+        lines += [f"{role},{ex.method},{ex.target},{r},{c},{float(ex.patches[r, c])!r}" for r in range(h)
+                  for c in range(w)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def deletion_curve_csv(rows: list[tuple[str, ImageExplanation]]) -> bytes:
+    """CSV of every model's deletion curve beside the random order:
+    ``model,method,target,fraction_deleted,probability_relevance_order,probability_random_order``."""
+    lines = ["model,method,target,fraction_deleted,probability_relevance_order,probability_random_order"]
+    for role, ex in rows:
+        lines += [f"{role},{ex.method},{ex.target},{float(f)!r},{float(d)!r},{float(r)!r}"
+                  for f, d, r in zip(ex.fractions, ex.deletion, ex.deletion_random, strict=True)]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def explanation_panel(ctx: ImageContext) -> None:
     """Behind a toggle (off by default, so the page stays fast): an explanation method and target class, the
     map of every model and its deletion curve (:func:`tcpa_viz.faithfulness`, blur fill)."""
@@ -203,6 +248,14 @@ def explanation_panel(ctx: ImageContext) -> None:
     title = f"{method} explanation of {ctx.image.name} and its deletion curve"
     fig = explanation_figure(ctx.image.display, rows, title)
     st.plotly_chart(fig, key="att_explain_chart", config=CHART_CONFIG)
+    display = ctx.image.display
+    targets = "-".join(str(t) for t in sorted({ex.target for _, ex in rows}))
+    export_bar([ExportFigure("explanation and deletion curve", fig,
+                             lambda: explanation_matplotlib(display, rows, title))],
+               key="att_explain_export", stem=f"{ctx.stem}_{slug(method)}_class{targets}",
+               heading="Export the explanation",
+               csv={"CSV: map": ("relevance_map", lambda: explanation_map_csv(rows)),
+                    "CSV: curve": ("deletion_curve", lambda: deletion_curve_csv(rows))})
     lines = []
     for role, ex in rows:
         prompts = "" if ex.prompt_share is None else f", {100 * ex.prompt_share:.1f} % of |relevance| on prompt keys"
