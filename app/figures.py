@@ -609,7 +609,7 @@ def confusion_figure(panels: list[tuple[str, np.ndarray]], class_names: list[str
                                  hovertemplate=f"{name}<br>true %{{y}}, predicted %{{x}}: %{{z}}<extra></extra>"),
                       row=1, col=i)
         for row in differing.tolist():
-            fig.add_shape(type="rect", x0=-0.5, x1=count - 0.5, y0=row - 0.5, y1=row + 0.5,
+            fig.add_shape(type="rect", x0=-0.45, x1=count - 0.55, y0=row - 0.42, y1=row + 0.42,
                           line=dict(color=DIFFERING_COLOUR, width=2.5), row=1, col=i)
         fig.update_xaxes(title="predicted class", type="category", tickmode="array", tickvals=class_names,
                          row=1, col=i)

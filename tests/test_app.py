@@ -690,8 +690,9 @@ def test_confusion_numbers_against_independent_counts() -> None:
         loading.differing_rows(first, np.zeros((2, 2)))
 
 
-def write_history(run: Path, val_acc: list[float]) -> None:
-    history = [{"epoch": e + 1, "random_selection": e == 0, "train_loss": 2.0 / (e + 1), "train_acc": 0.1 * e,
+def write_history(run: Path, val_acc: list[float], loss_scale: float = 2.0) -> None:
+    """A run folder's ``summary.json`` with one history record per validation accuracy (loss ``scale / epoch``)."""
+    history = [{"epoch": e + 1, "random_selection": e == 0, "train_loss": loss_scale / (e + 1), "train_acc": 0.1 * e,
                 "val_acc": acc, "val_loss": 1.0} for e, acc in enumerate(val_acc)]
     (run / "summary.json").write_text(json.dumps({"history": history, "best_epoch": 2}))
 

@@ -12,9 +12,17 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir
+from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir, write_history
 
-from app.browser_steps import choose_view, click_patch_marker, click_point, point_position, settle
+from app.browser_steps import (
+    STILL,
+    chart_ready,
+    choose_view,
+    click_patch_marker,
+    click_point,
+    point_position,
+    settle,
+)
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
@@ -36,6 +44,8 @@ def server(tmp_path: Path) -> Iterator[str]:
     checkpoints have the demo architecture (``tcpa_demo_vit``: 64 px, 8x8 patches, depth 6) with random
     weights, so the timings are those of the demo models."""
     demo = write_demo_dir(tmp_path / "fixtures", arch={}, pools=DEMO_POOLS, num_prompts=10)
+    write_history(demo / "tcpa", [0.35, 0.62, 0.71, 0.69], loss_scale=2.0)
+    write_history(demo / "vpt-deep", [0.30, 0.55, 0.58, 0.66], loss_scale=2.4)
     launch = app_module("app.launch")
     port = launch.free_port(HOST)
     log = tmp_path / "server.log"
@@ -104,7 +114,9 @@ def shoot(page: Any, folder: Path, name: str) -> Path:
 @pytest.mark.timeout(600)
 def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
     """Clicks a patch on the image, steps the layer, exports a PNG, opens the prompt map, picks a patch on the
-    Attention overlay, runs the t-SNE and clicks a point, which makes that test image the current one."""
+    Attention overlay, shows and exports the explanation map and its deletion curve, runs the t-SNE and clicks a
+    point, which makes that test image the current one, and opens the Models view (training curves, per-class
+    accuracy and confusion matrices after Evaluate)."""
     if not Path(chromium_path()).is_file():
         pytest.skip(f"no Chromium at {chromium_path()} (install the Debian package `chromium` or set {CHROMIUM_ENV})")
     from playwright.sync_api import sync_playwright
@@ -139,6 +151,17 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             click_patch_marker(page, "att_overlay", 2, 6, 1, 8, "Attention of patch (6, 1) at layer 4")
             shots.append(shoot(page, tmp_path, "3_attention_patch_picked"))
 
+            page.locator(".st-key-att_explain label").click()
+            settle(page, "Export the explanation", 120_000)
+            chart_ready(page, "att_explain_chart")
+            assert page.get_by_text("deletion AUC").count() >= 1
+            name, png = download(page, "att_explain_export", "png")
+            assert name.startswith("test_image_0_relevance_class") and png.startswith(b"\x89PNG"), name
+            name, data = download(page, "att_explain_export", "csv_deletion_curve")
+            assert name.endswith("_deletion_curve.csv") and data.startswith(b"model,method,target,fraction"), name
+            page.locator(".st-key-att_explain_chart").scroll_into_view_if_needed()
+            shots.append(shoot(page, tmp_path, "3b_attention_explanation"))
+
             choose_view(page, "Features (t-SNE)")
             settle(page, "Run t-SNE")
             count = page.locator(".st-key-tsne_count input")
@@ -158,6 +181,22 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             assert page.get_by_text(f"test image {index} ·").count() == 1
             assert page.locator("[data-testid='stException']").count() == 0
             shots.append(shoot(page, tmp_path, "5_selection_of_the_clicked_image"))
+
+            choose_view(page, "Models")
+            settle(page, "Training curves")
+            chart_ready(page, "models_curves")
+            page.locator(".st-key-models_eval button").click()
+            settle(page, "classes with differing rows", 180_000)
+            for chart in ("models_curves", "models_class_accuracy", "models_confusion"):
+                chart_ready(page, chart)
+                drawn = page.locator(f".st-key-{chart} .cartesianlayer .trace, .st-key-{chart} .cartesianlayer .hm")
+                assert drawn.count() > 0, f"{chart} has nothing drawn"
+            assert page.locator("[data-testid='stException']").count() == 0
+            shots.append(shoot(page, tmp_path, "6_models"))
+            for chart in ("models_class_accuracy", "models_confusion"):
+                page.locator(f".st-key-{chart}").scroll_into_view_if_needed()
+                page.evaluate(STILL)
+                shots.append(shoot(page, tmp_path, f"6_{chart}"))
         except Exception as exc:
             failure = shoot(page, tmp_path, "failure")
             log = (tmp_path / "server.log").read_text()[-3000:]

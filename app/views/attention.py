@@ -167,10 +167,11 @@ def explanation_figure(display: np.ndarray, rows: list[tuple[str, ImageExplanati
                                  hovertemplate="relevance %{z:.3g}<extra></extra>"), row=i, col=1)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{2 * i - 1}", showticklabels=False, row=i, col=1)
         fig.update_xaxes(showticklabels=False, row=i, col=1)
-        for curve, name, dash in ((ex.deletion, "relevance order", None), (ex.deletion_random, "random order",
-                                                                            "dot")):
+        for curve, name, dash, colour in ((ex.deletion, "relevance order", None, "#1f77b4"),
+                                          (ex.deletion_random, "random order", "dot", "#7f7f7f")):
             fig.add_trace(go.Scatter(x=ex.fractions.tolist(), y=curve.tolist(), mode="lines+markers", name=name,
-                                     line=dict(dash=dash), showlegend=i == 1), row=i, col=2)
+                                     line=dict(dash=dash, color=colour), marker=dict(color=colour),
+                                     showlegend=i == 1), row=i, col=2)
         fig.update_xaxes(title="share of patches deleted", row=i, col=2)
         fig.update_yaxes(title="target probability", rangemode="tozero", row=i, col=2)
     fig.update_layout(height=340 * len(rows), margin=dict(l=10, r=10, t=60, b=10), title=title)
@@ -190,8 +191,8 @@ def explanation_matplotlib(display: np.ndarray, rows: list[tuple[str, ImageExpla
                     interpolation="nearest")
         left.set_title(f"{role}: {ex.method} map (class {ex.target})", fontsize="medium")
         left.set_axis_off()
-        right.plot(ex.fractions, ex.deletion, marker="o", label="relevance order")
-        right.plot(ex.fractions, ex.deletion_random, marker="o", linestyle=":", label="random order")
+        right.plot(ex.fractions, ex.deletion, marker="o", color="#1f77b4", label="relevance order")
+        right.plot(ex.fractions, ex.deletion_random, marker="o", linestyle=":", color="#7f7f7f", label="random order")
         right.set_title(f"{role}: deletion AUC {ex.deletion_auc:.3f} (random {ex.deletion_random_auc:.3f})",
                         fontsize="medium")
         right.set_xlabel("share of patches deleted")
@@ -248,6 +249,13 @@ def explanation_panel(ctx: ImageContext) -> None:
     title = f"{method} explanation of {ctx.image.name} and its deletion curve"
     fig = explanation_figure(ctx.image.display, rows, title)
     st.plotly_chart(fig, key="att_explain_chart", config=CHART_CONFIG)
+    lines = []
+    for role, ex in rows:
+        prompts = "" if ex.prompt_share is None else f", {100 * ex.prompt_share:.1f} % of |relevance| on prompt keys"
+        lines.append(f"**{role}**: class {names[ex.target] if ex.target < len(names) else ex.target}, deletion AUC "
+                     f"{ex.deletion_auc:.3f} vs random order {ex.deletion_random_auc:.3f}{prompts}")
+    st.caption("  \n".join(lines) + f"  \nDeletion: patches are blurred in decreasing relevance, "
+               f"{DELETION_STEPS} steps; lower AUC = more faithful.")
     display = ctx.image.display
     targets = "-".join(str(t) for t in sorted({ex.target for _, ex in rows}))
     export_bar([ExportFigure("explanation and deletion curve", fig,
@@ -256,10 +264,3 @@ def explanation_panel(ctx: ImageContext) -> None:
                heading="Export the explanation",
                csv={"CSV: map": ("relevance_map", lambda: explanation_map_csv(rows)),
                     "CSV: curve": ("deletion_curve", lambda: deletion_curve_csv(rows))})
-    lines = []
-    for role, ex in rows:
-        prompts = "" if ex.prompt_share is None else f", {100 * ex.prompt_share:.1f} % of |relevance| on prompt keys"
-        lines.append(f"**{role}**: class {names[ex.target] if ex.target < len(names) else ex.target}, deletion AUC "
-                     f"{ex.deletion_auc:.3f} vs random order {ex.deletion_random_auc:.3f}{prompts}")
-    st.caption("  \n".join(lines) + f"  \nDeletion: patches are blurred in decreasing relevance, "
-               f"{DELETION_STEPS} steps; lower AUC = more faithful.")
