@@ -185,8 +185,14 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             choose_view(page, "Models")
             settle(page, "Training curves")
             chart_ready(page, "models_curves")
+            images = page.locator(".st-key-models_images_test input")
+            images.fill("120")
+            images.press("Enter")
+            settle(page, "Press Evaluate to run the models on 120 images")
             page.locator(".st-key-models_eval button").click()
             settle(page, "classes with differing rows", 180_000)
+            title = page.locator(".st-key-models_class_accuracy .gtitle").first.text_content()
+            assert title == "accuracy per class on 120 images of the test split", title
             for chart in ("models_curves", "models_class_accuracy", "models_confusion"):
                 chart_ready(page, chart)
                 drawn = page.locator(f".st-key-{chart} .cartesianlayer .trace, .st-key-{chart} .cartesianlayer .hm")
