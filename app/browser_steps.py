@@ -18,9 +18,12 @@ _CHARTS_READY = """() => Array.from(document.querySelectorAll('[data-testid="stP
     && c.querySelector('.main-svg') && getComputedStyle(gd).visibility !== 'hidden';
 })"""
 IDLE = f"""() => !document.querySelector('[data-testid="stStatusWidget"]')
+  && !document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
   && !document.querySelector('[data-testid="stSkeleton"]') && ({_CHARTS_READY})()"""
-"""True once Streamlit's "Running..." status widget is gone (the rerun, full or fragment, has finished) and every
-plotly chart is drawn and not being redrawn (the chart library is loaded lazily on first use)."""
+"""True once Streamlit's "Running..." status widget is gone and no element of the previous run is still shown
+as stale (the rerun, full or fragment, has finished and replaced every element: text drawn early in a rerun
+can otherwise sit above the previous run's charts), and every plotly chart is drawn and not being redrawn (the
+chart library is loaded lazily on first use)."""
 STILL = """() => new Promise(done => {
   const boxes = () => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot'))
     .map(g => { const r = g.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));

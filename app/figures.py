@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 SELECTED_COLOUR = "red"
 MAX_PROMPT_TICKS = 40
 """Prompt-column tick labels per matrix row of panels (more are sampled; hover names every column)."""
+PANEL_WIDTH_PX, TICK_SPACING_PX = 1000, 11
+"""Width of a row of matrix panels on a wide page and the room one rotated 8 px tick label needs: the prompt
+columns get only as many labels as fit side by side (every ``step``-th entry; hover names every column)."""
 
 
 def patch_customdata(h: int, w: int) -> np.ndarray:
@@ -357,7 +360,9 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
     panels = list(grids)
     with_diff = difference and len(grids) == 2
     names = [n for n, _ in panels] + ([f"{grids[1][0]} minus {grids[0][0]}"] if with_diff else [])
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
+    spacing = 0.07 if with_diff else 0.03
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=spacing)
+    panel_width = (1 - spacing * (len(names) - 1)) / len(names)
     zmax = max(float(np.max(g)) for _, g in grids) or 1.0
     zsmooth = "best" if smooth else False
     background = dict(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
@@ -365,9 +370,10 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
     for i, (name, grid) in enumerate(panels, start=1):
         fig.add_trace(go.Image(**background), 1, i)
         fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=zmax, colorscale="Inferno", opacity=0.6, zsmooth=zsmooth,
-                                 showscale=i == len(panels), colorbar=dict(title="share", x=1.0 if not with_diff
-                                                                           else (len(panels) / len(names)) - 0.02,
-                                                                           len=0.8, thickness=10),
+                                 showscale=i == len(panels),
+                                 colorbar=dict(title="share", len=0.8, thickness=10, xanchor="left",
+                                               x=len(panels) * (panel_width + spacing) - spacing + 0.005
+                                               if with_diff else 1.0),
                                  hovertemplate=f"{name}<br>patch (%{{y}}, %{{x}}): %{{z:.4f}}<extra></extra>"), 1, i)
         fig.add_trace(_patch_markers(h, w), 1, i)
     if with_diff:
@@ -457,7 +463,8 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
             colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
         ), 1, i)
         prefix, prompts = layout.num_prefix, layout.num_prompt_keys
-        step = max(1, -(-prompts // (MAX_PROMPT_TICKS // len(panels))))
+        fitting = int(PANEL_WIDTH_PX / len(panels) * prompts / max(len(keys), 1) / TICK_SPACING_PX)
+        step = max(1, -(-prompts // max(1, min(fitting, MAX_PROMPT_TICKS // len(panels)))))
         shown = [*range(prefix), *range(prefix, prefix + prompts, step)]
         ticks = [keys[j] for j in shown] + ([keys[prefix + prompts + layout.num_patches // 2]]
                                             if layout.num_patches else [])
