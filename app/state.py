@@ -11,7 +11,9 @@ head index the other model does not have, a test index past the end of another d
 chart that was drawn for the previous model. Every full run therefore checks the stored values against the
 current :class:`Scope` (:func:`check_selection`, called by :func:`ensure` before any widget is drawn); a value
 that no longer applies is reset and a note says so once (:func:`show_notes`). Clicks on charts carry the patch
-grid they were drawn for and are ignored, with a note, when it is not the current one.
+grid they were drawn for and are ignored, with a note, when it is not the current one. A value set by a click
+or a reset gives its bound widget a new key (:func:`set_shared`), so the old value that a browser still shows
+while the rerun is drawing cannot be copied back over it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SCOPE = "selection_scope"
 """The :class:`Scope` (as a dict) the stored selection was last checked against."""
 NOTES = "selection_notes"
 """Notes about reset selections or ignored clicks, shown once by :func:`show_notes`."""
+GENERATIONS = "shared_generations"
+"""Per shared value, how often it was set from outside its widget (see :func:`mirror_key`)."""
 REVISIONS = "chart_revisions"
 """Per clickable chart, the number of clicks handled (part of its figure, see :func:`chart_meta`)."""
 
@@ -134,7 +138,12 @@ def ensure(scope: Scope) -> None:
     call it on every full run before any widget bound to a shared value is drawn."""
     state = st.session_state
     previous = Scope.from_dict(state[SCOPE]) if isinstance(state.get(SCOPE), Mapping) else None
+    shared = (PATCH_ROW, PATCH_COL, LAYER, HEADS)
+    before = {name: state.get(name) for name in shared}
     notes = check_selection(cast(MutableMapping[str, Any], state), scope, previous)
+    for name in shared:
+        if before[name] is not None and state[name] != before[name]:
+            set_shared(name, state[name])
     state[SCOPE] = asdict(scope)
     if notes:
         state[NOTES] = [*state.get(NOTES, []), *notes]
@@ -165,21 +174,40 @@ def default(key: str, value: float, low: float, high: float) -> str:
     return key
 
 
+def mirror_key(name: str) -> str:
+    """Key of the widget bound to the shared value ``name``: ``w_<name>``, with ``_<n>`` appended once the value
+    has been set ``n`` times by something else than that widget (a click, a reset; see :func:`set_shared`)."""
+    generation = int(st.session_state.get(GENERATIONS, {}).get(name, 0))
+    return WIDGET_PREFIX + name + (f"_{generation}" if generation else "")
+
+
 def bound(name: str) -> dict[str, Any]:
     """Widget keyword arguments binding a widget to the shared value ``name``: ``key`` and ``on_change``."""
-    key = WIDGET_PREFIX + name
+    key = mirror_key(name)
     st.session_state[key] = st.session_state[name]
-    return {"key": key, "on_change": _copy_back, "args": (name,)}
+    return {"key": key, "on_change": _copy_back, "args": (name, key)}
 
 
-def _copy_back(name: str) -> None:
-    st.session_state[name] = st.session_state[WIDGET_PREFIX + name]
+def _copy_back(name: str, key: str) -> None:
+    """``on_change`` of a bound widget. A browser that has not yet drawn the last run still shows (and sends)
+    the widget's previous value, for instance when another control is used while a click's rerun is drawing;
+    that value belongs to an older widget key and must not undo the click, so only the current key is copied."""
+    if key == mirror_key(name):
+        st.session_state[name] = st.session_state[key]
+
+
+def set_shared(name: str, value: Any) -> None:
+    """Set the shared value ``name`` from outside its widget; the widget is then drawn under a new key."""
+    st.session_state[name] = value
+    generations = dict(st.session_state.get(GENERATIONS, {}))
+    generations[name] = int(generations.get(name, 0)) + 1
+    st.session_state[GENERATIONS] = generations
 
 
 def select_patch(row: int, col: int) -> None:
     """Make ``(row, col)`` the selected patch."""
-    st.session_state[PATCH_ROW] = int(row)
-    st.session_state[PATCH_COL] = int(col)
+    set_shared(PATCH_ROW, int(row))
+    set_shared(PATCH_COL, int(col))
 
 
 def chart_meta(chart_key: str) -> dict[str, int]:

@@ -768,3 +768,28 @@ def test_explanation_exports_name_method_class_and_image(app: AppTest, monkeypat
     keys = {b.key for b in app.get("download_button")}
     assert {"att_explain_export_png", "att_explain_export_csv_relevance_map",
             "att_explain_export_csv_deletion_curve"} <= keys
+
+
+def test_a_stale_widget_value_does_not_undo_a_click() -> None:
+    """A patch input's value sent by a browser that has not drawn the click's rerun yet belongs to the input's
+    old key; its callback must not copy it back over the clicked patch (``state.set_shared``)."""
+    import streamlit as st
+
+    state = app_module("app.state")
+    names = ("patch_row", "shared_generations")
+    try:
+        st.session_state["patch_row"] = 1
+        stale = state.bound("patch_row")
+        assert stale["key"] == "w_patch_row"
+        state.select_patch(5, 6)  # the click
+        st.session_state[stale["key"]] = 1  # what the browser still shows, sent with the next interaction
+        stale["on_change"](*stale["args"])
+        assert st.session_state["patch_row"] == 5
+        current = state.bound("patch_row")
+        assert current["key"] == "w_patch_row_1" and st.session_state["w_patch_row_1"] == 5
+        st.session_state[current["key"]] = 3  # the user edits the input that is shown now
+        current["on_change"](*current["args"])
+        assert st.session_state["patch_row"] == 3
+    finally:
+        for name in (*names, "patch_col", "w_patch_row", "w_patch_row_1"):
+            st.session_state.pop(name, None)
