@@ -1,41 +1,82 @@
 """Steps that drive the dashboard in a real browser, shared by ``tests/test_app_browser.py`` and
 ``benchmarks/bench_dashboard.py --browser``. Every function takes a Playwright ``Page`` (Playwright itself is a
-development dependency and is not imported here)."""
+development dependency and is not imported here).
+
+No step sleeps for a fixed time: each waits for a condition of the page (the rerun finished, every plotly
+chart drawn and still, the expected text shown). A click on a chart is made only once that chart is ready, at
+coordinates computed from its current drawing, and is repeated (at freshly computed coordinates) only when
+the page shows no sign of having received it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')
-  && Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).every(c => c.querySelector('.main-svg'))
-  && !document.querySelector('[data-testid="stSkeleton"]')"""
-"""True once Streamlit's "Running..." status widget is gone (the rerun, full or fragment, has finished) and every
-plotly chart is drawn (the chart library is loaded lazily on first use)."""
-PAINTED = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
-"""Resolves after the browser has painted the current state (two animation frames)."""
+_CHARTS_READY = """() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).every(c => {
+  const gd = c.querySelector('.js-plotly-plot');
+  return gd && gd.isConnected && gd._fullLayout && gd._fullData && !gd._fullLayout._replotting
+    && c.querySelector('.main-svg') && getComputedStyle(gd).visibility !== 'hidden';
+})"""
+IDLE = f"""() => !document.querySelector('[data-testid="stStatusWidget"]')
+  && !document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
+  && !document.querySelector('[data-testid="stSkeleton"]') && ({_CHARTS_READY})()"""
+"""True once Streamlit's "Running..." status widget is gone and no element of the previous run is still shown
+as stale (the rerun, full or fragment, has finished and replaced every element: text drawn early in a rerun
+can otherwise sit above the previous run's charts), and every plotly chart is drawn and not being redrawn (the
+chart library is loaded lazily on first use)."""
+STILL = """() => new Promise(done => {
+  const boxes = () => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .map(g => { const r = g.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));
+  let last = boxes(), calm = 0;
+  const step = () => requestAnimationFrame(() => {
+    const now = boxes();
+    calm = now === last ? calm + 1 : 0;
+    last = now;
+    if (calm >= 2) done(true); else step();
+  });
+  step();
+})"""
+"""Resolves once the charts' positions and sizes have not changed for two painted frames."""
 
-_POINT = """([key, trace, point]) => {
-  const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+_CHART = "document.querySelector(`.st-key-${key} .js-plotly-plot`)"
+_POINT = f"""([key, trace, point]) => {{
+  const gd = {_CHART};
   const data = gd._fullData[trace];
   const xa = gd._fullLayout[data.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[data.yaxis.replace('y', 'yaxis')];
   const box = gd.getBoundingClientRect();
+  const x = box.left + xa._offset + xa.l2p(data.x[point]), y = box.top + ya._offset + ya.l2p(data.y[point]);
+  const hit = document.elementFromPoint(x, y);
   const custom = data.customdata ? Array.from(data.customdata[point]) : null;
-  return {x: box.left + xa._offset + xa.l2p(data.x[point]), y: box.top + ya._offset + ya.l2p(data.y[point]),
-          customdata: custom};
-}"""
+  return {{x, y, customdata: custom, on_chart: !!hit && gd.contains(hit)}};
+}}"""
+_REVISION = f"""(key) => {{ const gd = {_CHART}; return gd && gd.layout.meta ? gd.layout.meta.revision : null; }}"""
+_RECEIVED = """([text, key, before]) => document.body.innerText.includes(text)
+  || !!document.querySelector('[data-testid="stStatusWidget"]')
+  || (() => { const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+              return !gd || !gd.isConnected || (gd.layout.meta ? gd.layout.meta.revision : null) !== before; })()"""
+"""True once the page shows a sign that a click reached the server: the expected text, a rerun running, or the
+chart replaced or redrawn with another revision."""
 
 
 def settle(page: Any, text: str | None = None, timeout_ms: int = 60_000) -> None:
-    """Wait until ``text`` is on the page (when given) and the rerun has finished."""
+    """Wait until ``text`` is on the page (when given), the rerun has finished and every chart is drawn and
+    still."""
     if text is not None:
         page.get_by_text(text).first.wait_for(timeout=timeout_ms)
     page.wait_for_function(IDLE, timeout=timeout_ms)
-    page.evaluate(PAINTED)
+    page.evaluate(STILL)
+
+
+def chart_ready(page: Any, chart_key: str, timeout_ms: int = 60_000) -> None:
+    """Wait until the plotly chart drawn with key ``chart_key`` exists and the page has settled."""
+    page.locator(f".st-key-{chart_key} .js-plotly-plot .main-svg").first.wait_for(timeout=timeout_ms)
+    settle(page, timeout_ms=timeout_ms)
 
 
 def point_position(page: Any, chart_key: str, trace: int, point: int) -> dict[str, Any]:
-    """Page coordinates ``{x, y}`` and the custom data of point ``point`` of trace ``trace`` in the plotly chart
-    drawn with key ``chart_key`` (from plotly's own axis mapping, so it follows zoom and layout)."""
+    """Page coordinates ``{x, y}``, the custom data of point ``point`` of trace ``trace`` in the plotly chart
+    drawn with key ``chart_key`` (from plotly's own axis mapping, so it follows zoom and layout) and whether the
+    chart is the element at those coordinates (``on_chart``)."""
     return page.evaluate(_POINT, [chart_key, trace, point])
 
 
@@ -43,31 +84,40 @@ RETRIES: list[str] = []
 """Clicks that had to be repeated (what was expected), for the benchmark's report."""
 
 
-def click_until(page: Any, x: float, y: float, text: str, tries: int = 3, wait_ms: int = 8_000) -> None:
-    """Click at ``(x, y)`` until ``text`` appears and the rerun has finished.
+def click_point(page: Any, chart_key: str, trace: int, point: int, text: str, tries: int = 3,
+                sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
+    """Click point ``point`` of trace ``trace`` of the chart ``chart_key`` until ``text`` appears and the rerun
+    has finished; returns the point (see :func:`point_position`).
 
-    A click that lands while the page is still applying the previous rerun can be dropped by the browser's
-    plotly chart; it is repeated (at most ``tries`` times, each recorded in :data:`RETRIES`).
+    Each try waits for the chart to be ready, computes the point's position anew and clicks; when within
+    ``sign_ms`` the page shows no sign of the click (see ``_RECEIVED``), the click was lost and is repeated
+    (at most ``tries`` times, each recorded in :data:`RETRIES`).
     """
     for attempt in range(tries):
-        page.mouse.move(x, y)
-        page.mouse.click(x, y)
+        chart_ready(page, chart_key, timeout_ms)
+        at = point_position(page, chart_key, trace, point)
+        if not at["on_chart"]:
+            raise AssertionError(f"point {point} of trace {trace} of {chart_key} is not on the chart: {at}")
+        before = page.evaluate(_REVISION, chart_key)
+        page.mouse.move(at["x"], at["y"])
+        page.mouse.click(at["x"], at["y"])
         try:
-            page.get_by_text(text).first.wait_for(timeout=wait_ms if attempt < tries - 1 else 60_000)
-            break
+            page.wait_for_function(_RECEIVED, arg=[text, chart_key, before], timeout=sign_ms)
         except Exception:
             if attempt == tries - 1:
                 raise
             RETRIES.append(text)
-    settle(page)
+            continue
+        settle(page, text, timeout_ms)
+        return at
+    raise AssertionError(f"no click on {chart_key} showed {text!r}")
 
 
 def click_patch_marker(page: Any, chart_key: str, trace: int, row: int, col: int, grid_width: int,
                        text: str) -> None:
     """Click the invisible marker of patch ``(row, col)`` (trace ``trace`` holds one marker per patch) until
     ``text`` shows."""
-    at = point_position(page, chart_key, trace, row * grid_width + col)
-    click_until(page, at["x"], at["y"], text)
+    click_point(page, chart_key, trace, row * grid_width + col, text)
 
 
 def choose_view(page: Any, label: str) -> None:

@@ -191,11 +191,15 @@ def main() -> None:
     if error:
         st.error(f"{error} Upload an image instead.")
     data_key = f"{spec_json}|{tcpa.data_key}"
+    state.ensure(state.Scope(
+        model=tcpa.info.label, grid=(int(tcpa.grid_size[0]), int(tcpa.grid_size[1])), depth=tcpa.depth,
+        heads=min(lm.num_heads for lm in (tcpa, baseline) if lm is not None), classes=tcpa.model.num_classes,
+        dataset=spec_json, images=len(dataset) if dataset is not None else None))
+    state.show_notes()
     image = current_image(tcpa, dataset, data_key)
     if image is None:
         return
 
-    state.ensure(tcpa.grid_size, tcpa.depth)
     captures = []
     with st.spinner("Running the models on the image..."):
         for lm in (tcpa, baseline):

@@ -43,10 +43,10 @@ def html_text(fig: go.Figure) -> str:
 
 
 def export_bar(figures: list[ExportFigure], key: str, stem: str,
-               csv: dict[str, tuple[str, Callable[[], bytes]]] | None = None) -> None:
+               csv: dict[str, tuple[str, Callable[[], bytes]]] | None = None, heading: str = "Export") -> None:
     """A row of download buttons for one of ``figures`` (chosen in a selector) and for the ``csv`` tables
-    (button label -> (file name suffix, builder))."""
-    st.markdown("##### Export")
+    (button label -> (file name suffix, builder)), under the title ``heading``."""
+    st.markdown(f"##### {heading}")
     if not figures and not csv:
         st.caption("Nothing to export in this view.")
         return

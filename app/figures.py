@@ -23,12 +23,22 @@ if TYPE_CHECKING:
 SELECTED_COLOUR = "red"
 MAX_PROMPT_TICKS = 40
 """Prompt-column tick labels per matrix row of panels (more are sampled; hover names every column)."""
+PANEL_WIDTH_PX, TICK_SPACING_PX = 1000, 11
+"""Width of a row of matrix panels on a wide page and the room one rotated 8 px tick label needs: the prompt
+columns get only as many labels as fit side by side (every ``step``-th entry; hover names every column)."""
+
+
+def patch_customdata(h: int, w: int) -> np.ndarray:
+    """``[h * w, 4]`` custom data of the clickable patch markers, row-major: ``(row, col, h, w)`` (the grid the
+    chart is drawn for travels with every click, so ``state.on_grid_click`` can refuse a stale one)."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel(), np.full(h * w, h), np.full(h * w, w)], axis=-1)
 
 
 def image_grid_figure(display: np.ndarray, grid_size: tuple[int, int], selected: tuple[int, int],
                       title: str = "") -> go.Figure:
     """The image with its patch grid and the selected patch boxed; clicking a patch reports its
-    ``(row, col)`` as the point's custom data."""
+    ``(row, col, h, w)`` as the point's custom data."""
     img = as_rgb_uint8(display)
     height, width = img.shape[:2]
     h, w = grid_size
@@ -54,7 +64,7 @@ def image_grid_figure(display: np.ndarray, grid_size: tuple[int, int], selected:
         go.Scatter(
             x=((cols + 0.5) * dx - 0.5).ravel(), y=((rows + 0.5) * dy - 0.5).ravel(), mode="markers",
             marker=dict(symbol="square", size=max(6, min(40, int(360 / max(h, w)))), opacity=0.01, color="white"),
-            customdata=np.stack([rows.ravel(), cols.ravel()], axis=-1), showlegend=False,
+            customdata=patch_customdata(h, w), showlegend=False,
             hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>",
         ),
     ]
@@ -318,12 +328,13 @@ def prompt_share_figure(tcpa_entries: list[tuple[str, float]], baseline_entries:
 
 # ------------------------------------------------------------------------------------------ overlays
 def _patch_markers(h: int, w: int) -> go.Scatter:
-    """Invisible markers on every patch centre; a click reports ``(row, col)`` as the point's custom data."""
+    """Invisible markers on every patch centre; a click reports ``(row, col, h, w)`` as the point's custom
+    data."""
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     return go.Scatter(x=cols.ravel(), y=rows.ravel(), mode="markers", showlegend=False,
                       marker=dict(symbol="square", size=max(6, min(40, int(300 / max(h, w)))), opacity=0.01,
                                   color="white"),
-                      customdata=np.stack([rows.ravel(), cols.ravel()], axis=-1),
+                      customdata=patch_customdata(h, w),
                       hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>")
 
 
@@ -349,7 +360,9 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
     panels = list(grids)
     with_diff = difference and len(grids) == 2
     names = [n for n, _ in panels] + ([f"{grids[1][0]} minus {grids[0][0]}"] if with_diff else [])
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
+    spacing = 0.07 if with_diff else 0.03
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=spacing)
+    panel_width = (1 - spacing * (len(names) - 1)) / len(names)
     zmax = max(float(np.max(g)) for _, g in grids) or 1.0
     zsmooth = "best" if smooth else False
     background = dict(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
@@ -357,9 +370,10 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
     for i, (name, grid) in enumerate(panels, start=1):
         fig.add_trace(go.Image(**background), 1, i)
         fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=zmax, colorscale="Inferno", opacity=0.6, zsmooth=zsmooth,
-                                 showscale=i == len(panels), colorbar=dict(title="share", x=1.0 if not with_diff
-                                                                           else (len(panels) / len(names)) - 0.02,
-                                                                           len=0.8, thickness=10),
+                                 showscale=i == len(panels),
+                                 colorbar=dict(title="share", len=0.8, thickness=10, xanchor="left",
+                                               x=len(panels) * (panel_width + spacing) - spacing + 0.005
+                                               if with_diff else 1.0),
                                  hovertemplate=f"{name}<br>patch (%{{y}}, %{{x}}): %{{z:.4f}}<extra></extra>"), 1, i)
         fig.add_trace(_patch_markers(h, w), 1, i)
     if with_diff:
@@ -449,7 +463,8 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
             colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
         ), 1, i)
         prefix, prompts = layout.num_prefix, layout.num_prompt_keys
-        step = max(1, -(-prompts // (MAX_PROMPT_TICKS // len(panels))))
+        fitting = int(PANEL_WIDTH_PX / len(panels) * prompts / max(len(keys), 1) / TICK_SPACING_PX)
+        step = max(1, -(-prompts // max(1, min(fitting, MAX_PROMPT_TICKS // len(panels)))))
         shown = [*range(prefix), *range(prefix, prefix + prompts, step)]
         ticks = [keys[j] for j in shown] + ([keys[prefix + prompts + layout.num_patches // 2]]
                                             if layout.num_patches else [])
@@ -520,4 +535,93 @@ def tsne_figure(embedding: np.ndarray, labels: np.ndarray, predictions: np.ndarr
     fig.update_layout(title=dict(text=title), height=500, margin=dict(l=10, r=10, t=60, b=10),
                       xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), clickmode="event+select",
                       legend=dict(itemsizing="constant"), dragmode=False)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ models
+MODEL_COLOURS = {"Baseline": "#ff7f0e", "TCPA": "#1f77b4"}
+"""One colour per compared model, the same in every chart of the Models view."""
+DIFFERING_COLOUR = "#d62728"
+
+
+def training_curves_figure(runs: list[tuple[str, str, list[dict]]], title: str) -> go.Figure:
+    """Per run (``(role, name, history)``, ``history`` = the run's per-epoch records): the train loss (left
+    panel) and the validation accuracy (right panel) per epoch, one colour per model; the best epoch by
+    validation accuracy is a star, epochs trained with random prompt selection are open markers."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["train loss (mean over the epoch's training images)",
+                                                        "validation accuracy (after the epoch)"],
+                        horizontal_spacing=0.1)
+    for role, name, history in runs:
+        colour = MODEL_COLOURS.get(role, "#2ca02c")
+        epochs = [int(h["epoch"]) for h in history]
+        random = ["circle-open" if h.get("random_selection") else "circle" for h in history]
+        for col, field in ((1, "train_loss"), (2, "val_acc")):
+            values = [h.get(field) for h in history]
+            fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{role}: {name}",
+                                     legendgroup=role, showlegend=col == 1, line=dict(color=colour),
+                                     marker=dict(symbol=random, size=8, color=colour),
+                                     hovertemplate=f"{role}<br>epoch %{{x}}: %{{y:.4f}}<extra>{field}</extra>"),
+                          row=1, col=col)
+        scored = [(h["val_acc"], int(h["epoch"])) for h in history if isinstance(h.get("val_acc"), int | float)]
+        if scored:
+            best_acc, best_epoch = max(scored)
+            fig.add_trace(go.Scatter(x=[best_epoch], y=[best_acc], mode="markers", legendgroup=role,
+                                     showlegend=False, marker=dict(symbol="star", size=15, color=colour,
+                                                                   line=dict(color="black", width=1)),
+                                     hovertemplate=f"{role}: best epoch %{{x}}, %{{y:.4f}}<extra></extra>"),
+                          row=1, col=2)
+    fig.update_xaxes(title="epoch", dtick=1)
+    fig.update_yaxes(title="loss", row=1, col=1)
+    fig.update_yaxes(title="accuracy", tickformat=".0%", row=1, col=2)
+    fig.update_layout(title=dict(text=title), height=380, margin=dict(l=10, r=10, t=80, b=10),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def class_accuracy_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str],
+                          title: str) -> go.Figure:
+    """Grouped bars: per class, the accuracy of each model (``(role, accuracy [C], images [C])``)."""
+    fig = go.Figure()
+    for role, accuracy, images in rows:
+        correct = np.rint(np.nan_to_num(accuracy) * images).astype(int)
+        fig.add_trace(go.Bar(x=class_names, y=accuracy.tolist(), name=role, marker_color=MODEL_COLOURS.get(role),
+                             customdata=np.stack([correct, images], axis=-1).tolist(),
+                             hovertemplate=f"{role}<br>class %{{x}}: %{{y:.1%}} (%{{customdata[0]}} of "
+                                           "%{customdata[1]})<extra></extra>"))
+    fig.update_layout(title=dict(text=title), barmode="group", height=360, margin=dict(l=10, r=10, t=60, b=10),
+                      yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1.05]),
+                      xaxis=dict(title="true class", type="category", tickmode="array", tickvals=class_names),
+                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return fig
+
+
+def confusion_figure(panels: list[tuple[str, np.ndarray]], class_names: list[str], differing: np.ndarray,
+                     title: str) -> go.Figure:
+    """One confusion-matrix heatmap per model (``(name, [C, C])``: row = true class, column = predicted),
+    counts written in the cells (up to 20 classes); the rows in ``differing`` are outlined in every panel."""
+    from plotly.subplots import make_subplots
+
+    count = len(class_names)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[name for name, _ in panels],
+                        horizontal_spacing=0.08)
+    zmax = max(int(m.max()) for _, m in panels) or 1
+    for i, (name, matrix) in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(z=matrix.tolist(), x=class_names, y=class_names, zmin=0, zmax=zmax,
+                                 colorscale="Blues", showscale=i == len(panels),
+                                 colorbar=dict(title="images", thickness=12),
+                                 text=matrix.tolist() if count <= 20 else None,
+                                 texttemplate="%{text}" if count <= 20 else None,
+                                 hovertemplate=f"{name}<br>true %{{y}}, predicted %{{x}}: %{{z}}<extra></extra>"),
+                      row=1, col=i)
+        for row in differing.tolist():
+            fig.add_shape(type="rect", x0=-0.45, x1=count - 0.55, y0=row - 0.42, y1=row + 0.42,
+                          line=dict(color=DIFFERING_COLOUR, width=2.5), row=1, col=i)
+        fig.update_xaxes(title="predicted class", type="category", tickmode="array", tickvals=class_names,
+                         row=1, col=i)
+        fig.update_yaxes(title="true class" if i == 1 else None, type="category", tickmode="array",
+                         tickvals=class_names, autorange="reversed", scaleanchor=f"x{'' if i == 1 else i}",
+                         row=1, col=i)
+    fig.update_layout(title=dict(text=title), height=460, margin=dict(l=10, r=10, t=80, b=10))
     return fig

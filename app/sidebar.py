@@ -126,8 +126,6 @@ def image_source(dataset_size: int | None) -> tuple[str, int, object | None]:
                       format_func=lambda s: "test set" if s == "test" else "upload")
     index, upload = 0, None
     if source == "test" and dataset_size:
-        if int(st.session_state.get("image_index", 0)) >= dataset_size:
-            st.session_state["image_index"] = dataset_size - 1
         index = int(st.number_input(f"Test image index (0-{dataset_size - 1})", min_value=0,
                                     max_value=dataset_size - 1, step=1, key="image_index"))
     else:

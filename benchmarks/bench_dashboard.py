@@ -80,7 +80,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
     """The real server and headless Chromium."""
     from playwright.sync_api import sync_playwright
 
-    from app.browser_steps import RETRIES, choose_view, click_patch_marker, click_until, point_position, settle
+    from app.browser_steps import RETRIES, choose_view, click_patch_marker, click_point, point_position, settle
     from app.launch import free_port, wait_until_healthy
 
     (h, w), depth = model_shape(demo_dir)
@@ -168,8 +168,8 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                     at = point_position(page, "tsne_TCPA", i % 3, 1 + i)
                     index = int(at["customdata"][0])
 
-                    def click(at: dict = at, index: int = index) -> None:
-                        click_until(page, at["x"], at["y"], f"current: test image {index}")
+                    def click(i: int = i, index: int = index) -> None:
+                        click_point(page, "tsne_TCPA", i % 3, 1 + i, f"current: test image {index}")
 
                     record("features", "point click -> image", timed(click), i == 0)
                 return tsne_cold

@@ -576,3 +576,220 @@ def test_attention_view_explanation_and_deletion_curve(app: AppTest, demo_dir: P
     assert f"class 3, deletion AUC {float(auc):.3f}" in line
     spec = next(c.proto.spec for c in app.get("plotly_chart") if "deletion AUC" in c.proto.spec)
     assert f"{method} map (class 3)" in spec
+
+
+# ------------------------------------------------------------------------------------------ selection validation
+def test_stored_selection_is_checked_against_the_current_model() -> None:
+    state = app_module("app.state")
+    demo = state.Scope(model="demo", grid=(8, 8), depth=6, heads=3, classes=10, dataset="digits", images=360)
+    vitb = state.Scope(model="vitb", grid=(14, 14), depth=12, heads=12, classes=10, dataset="digits", images=360)
+    fresh: dict[str, Any] = {}
+    assert state.check_selection(fresh, demo) == []
+    assert (fresh["patch_row"], fresh["patch_col"], fresh["layer"], fresh["heads"]) == (4, 4, 5, "mean")
+    # chosen on the ViT-B model: patch (13, 0), layer 11, head 11, explanation class 9, test image 359
+    store = {"patch_row": 13, "patch_col": 0, "layer": 11, "heads": "11", "att_explain_target": 9,
+             "image_index": 359}
+    notes = state.check_selection(store, demo, previous=vitb)
+    assert (store["patch_row"], store["patch_col"]) == (7, 0), "same image position on the 8x8 grid"
+    assert store["layer"] == 5 and store["heads"] == "mean"
+    assert store["att_explain_target"] == 9 and store["image_index"] == 359, "still valid: kept"
+    assert len(notes) == 3 and "14x14" in notes[0] and "(7, 0)" in notes[0]
+    assert "Layer 11" in notes[1] and "Head 11" in notes[2]
+    # unknown previous scope: range checks only
+    store = {"patch_row": 8, "patch_col": 2, "layer": 6, "heads": "2", "att_explain_target": 12, "image_index": 400}
+    notes = state.check_selection(store, demo)
+    assert (store["patch_row"], store["patch_col"], store["layer"], store["heads"]) == (4, 4, 5, "2")
+    assert store["att_explain_target"] == "predicted" and store["image_index"] == 0
+    assert [n.split()[0] for n in notes] == ["The", "Layer", "Test", "Explanation"]
+    # the same selection in the same scope is left alone
+    store = {"patch_row": 1, "patch_col": 7, "layer": 0, "heads": "max", "image_index": 12}
+    assert state.check_selection(store, demo, previous=demo) == []
+    assert store == {"patch_row": 1, "patch_col": 7, "layer": 0, "heads": "max", "image_index": 12}
+    # another data set: the test index is reset
+    other = state.Scope(model="demo", grid=(8, 8), depth=6, heads=3, classes=10, dataset="cifar", images=10_000)
+    assert "another data set" in state.check_selection(store, other, previous=demo)[0]
+    assert store["image_index"] == 0
+
+
+def test_a_click_from_a_chart_of_another_grid_is_ignored() -> None:
+    state = app_module("app.state")
+    figures = app_module("app.figures")
+    points = [list(figures.patch_customdata(14, 14)[13 * 14 + 5])]
+    assert state.grid_click(points, (14, 14)) == ((13, 5), None)
+    patch, text = state.grid_click(points, (8, 8))
+    assert patch is None and "14x14" in text and "8x8" in text
+    assert state.grid_click([[3, 9]], (8, 8))[0] is None, "outside the grid"
+    assert state.grid_click([], (8, 8)) == (None, None)
+
+
+def test_an_invalid_stored_selection_is_reset_with_a_note(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEMO_DIR_ENV, str(demo_dir))
+    monkeypatch.setenv(THREADS_ENV, str(torch.get_num_threads()))
+    monkeypatch.delenv(CHECKPOINTS_ENV, raising=False)
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT)
+    at.session_state["patch_row"], at.session_state["patch_col"] = 9, 1
+    at.session_state["heads"] = "7"
+    at.session_state["image_index"] = 10**6
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    notes = " ".join(i.value for i in at.info)
+    assert "patch (9, 1) is outside the patch grid" in notes and "Head 7" in notes and "Test image 1000000" in notes
+    assert "Selected patch (2, 2) at layer 1" in texts(at) and "test image 0" in texts(at)
+    at.run()
+    assert not any("outside the patch grid" in i.value for i in at.info), "each note is shown once"
+
+
+def test_default_checkpoints_follow_the_method_registry() -> None:
+    from tcpa_core.methods import list_methods
+
+    loading = app_module("app.loading")
+
+    def info(label: str, method: str, family: bool) -> Any:
+        return loading.CheckpointInfo(label=label, weights=f"/x/{label}/model.safetensors", method=method,
+                                      backbone="vit", fingerprint="f", mtime=0.0, tcpa_family=family)
+
+    baselines, tcpas = list_methods(role="baseline"), list_methods(role="tcpa")
+    infos = [info("r-tcpa/best", "r-tcpa", True), info("vpt-deep/best", "vpt-deep", False),
+             info("tcpa/last", "tcpa", True), info("vpt-shallow/last", "vpt-shallow", False),
+             info("tcpa/best", "tcpa", True), info("vp/best", "vp", False), info("odd/best", "unknown", False)]
+    assert baselines.index("vpt-deep") < baselines.index("vp") and tcpas.index("tcpa") < tcpas.index("r-tcpa")
+    assert loading.default_choice(infos, tcpa=True) == 4, "best first, then TCPA before R-TCPA"
+    assert loading.default_choice(infos, tcpa=False) == 1, "best first, then registry order"
+    assert loading.default_choice(infos[:1] + infos[6:], tcpa=False) == 1, "an unregistered method still counts"
+    assert loading.default_choice(infos[1:2], tcpa=True) is None
+    demo = [info("tcpa/best", "tcpa", True), info("vpt-deep/best", "vpt-deep", False)]
+    assert (loading.default_choice(demo, tcpa=False), loading.default_choice(demo, tcpa=True)) == (1, 0)
+
+
+# ------------------------------------------------------------------------------------------ models view
+def test_confusion_numbers_against_independent_counts() -> None:
+    import numpy as np
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    loading = app_module("app.loading")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, size=200)
+    labels[labels == 4] = 5  # class 4 has no images
+    preds = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 7, size=200))
+    matrix = loading.confusion_matrix(labels, preds, 7)
+    np.testing.assert_array_equal(matrix, sk_confusion(labels, preds, labels=list(range(7))))
+    accuracy = loading.per_class_accuracy(matrix)
+    for c in range(7):
+        images = np.sum(labels == c)
+        if images:
+            assert accuracy[c] == pytest.approx(np.sum((labels == c) & (preds == c)) / images)
+        else:
+            assert np.isnan(accuracy[c])
+    first = np.array([[5, 1, 0], [0, 4, 2], [1, 1, 3]])
+    second = first.copy()
+    second[1] = [0, 5, 1]  # same row sum, one image moved
+    second[2] = [1, 1, 3]
+    assert loading.differing_rows(first, second).tolist() == [1]
+    assert loading.differing_rows(first, first).tolist() == []
+    with pytest.raises(ValueError, match="different shapes"):
+        loading.differing_rows(first, np.zeros((2, 2)))
+
+
+def write_history(run: Path, val_acc: list[float], loss_scale: float = 2.0) -> None:
+    """A run folder's ``summary.json`` with one history record per validation accuracy (loss ``scale / epoch``)."""
+    history = [{"epoch": e + 1, "random_selection": e == 0, "train_loss": loss_scale / (e + 1), "train_acc": 0.1 * e,
+                "val_acc": acc, "val_loss": 1.0} for e, acc in enumerate(val_acc)]
+    (run / "summary.json").write_text(json.dumps({"history": history, "best_epoch": 2}))
+
+
+def test_models_view_curves_class_accuracy_and_confusion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from tcpa_core.checkpoint import load_checkpoint
+    from tcpa_core.train import evaluate
+
+    demo = write_demo_dir(tmp_path)
+    write_history(demo / "tcpa", [0.3, 0.6, 0.5])
+    at = start(monkeypatch, demo)
+    at.radio(key="view").set_value("models").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    curves = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = {t.get("name") for t in curves["data"]}
+    assert "TCPA: tcpa/best" in names and [t["y"] for t in curves["data"] if t.get("name") == "TCPA: tcpa/best"][1] \
+        == [0.3, 0.6, 0.5]
+    assert "No training history for vpt-deep/best" in texts(at)
+    at.number_input(key="models_images_test").set_value(50).run()
+    at.button(key="models_eval").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    bars = charts[1]["data"]
+    assert [b["name"] for b in bars] == ["Baseline", "TCPA"] and bars[0]["x"] == [str(c) for c in range(10)]
+    # independent: evaluate the TCPA checkpoint on the same stratified images and count per class
+    loading = app_module("app.loading")
+    dataset = DigitsOnClutter(split="test", transform=build_transforms(
+        {**load_checkpoint(demo / "tcpa" / "best").data_config, "input_size": (3, 32, 32)}, train=False))
+    indices = loading.stratified_indices(np.asarray(dataset.targets), 50)
+    model = load_checkpoint(demo / "tcpa" / "best")
+    preds = evaluate(model, torch.utils.data.Subset(dataset, indices.tolist()), return_predictions=True).predictions
+    labels = np.asarray(dataset.targets)[indices]
+    expected = [float(np.mean(preds.numpy()[labels == c] == c)) for c in range(10)]
+    assert bars[1]["y"] == pytest.approx(expected)
+    confusion = charts[2]["data"]
+    assert len(confusion) == 2 and np.sum(confusion[1]["z"]) == 50
+    shapes = charts[2]["layout"].get("shapes", [])
+    differing = loading.differing_rows(np.asarray(confusion[0]["z"]), np.asarray(confusion[1]["z"]))
+    assert len(shapes) == 2 * len(differing)
+    assert f"**{len(differing)} of 10 classes with differing rows**" in texts(at)
+    if len(differing):
+        table = at.dataframe[-1].value
+        assert len(table) == 2 * len(differing) and "pred 0" in table.columns
+
+
+def test_explanation_exports_name_method_class_and_image(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = app_module("app.export")
+    attention = app_module("app.views.attention")
+    bars: dict[str, tuple[list[Any], str, dict[str, Any]]] = {}
+
+    def recording(figures: list[Any], key: str, stem: str, csv: dict[str, Any] | None = None,
+                  heading: str = "Export") -> None:
+        bars[key] = (figures, stem, csv or {})
+        export.export_bar(figures, key, stem, csv, heading)
+
+    monkeypatch.setattr(attention, "export_bar", recording)
+    app.number_input(key="image_index").set_value(4).run()
+    app.radio(key="view").set_value("attention").run()
+    app.toggle(key="att_explain").set_value(True).run()
+    app.selectbox(key="att_explain_method").set_value("attention").run()
+    app.selectbox(key="att_explain_target").set_value(3).run()
+    assert not app.exception and not app.error, [e.value for e in app.exception]
+    figures, stem, tables = bars["att_explain_export"]
+    assert stem == "test_image_4_attention_class3"
+    assert export.png_bytes(figures[0].matplotlib, dpi=50).startswith(b"\x89PNG")
+    map_csv = tables["CSV: map"][1]().decode().splitlines()
+    assert map_csv[0] == "model,method,target,row,col,relevance" and len(map_csv) == 1 + 2 * 16
+    assert map_csv[1].startswith("Baseline,attention,3,0,0,")
+    curve = tables["CSV: curve"][1]().decode().splitlines()
+    assert len(curve) == 1 + 2 * 9 and curve[-1].startswith("TCPA,attention,3,1.0,")
+    keys = {b.key for b in app.get("download_button")}
+    assert {"att_explain_export_png", "att_explain_export_csv_relevance_map",
+            "att_explain_export_csv_deletion_curve"} <= keys
+
+
+def test_a_stale_widget_value_does_not_undo_a_click() -> None:
+    """A patch input's value sent by a browser that has not drawn the click's rerun yet belongs to the input's
+    old key; its callback must not copy it back over the clicked patch (``state.set_shared``)."""
+    import streamlit as st
+
+    state = app_module("app.state")
+    names = ("patch_row", "shared_generations")
+    try:
+        st.session_state["patch_row"] = 1
+        stale = state.bound("patch_row")
+        assert stale["key"] == "w_patch_row"
+        state.select_patch(5, 6)  # the click
+        st.session_state[stale["key"]] = 1  # what the browser still shows, sent with the next interaction
+        stale["on_change"](*stale["args"])
+        assert st.session_state["patch_row"] == 5
+        current = state.bound("patch_row")
+        assert current["key"] == "w_patch_row_1" and st.session_state["w_patch_row_1"] == 5
+        st.session_state[current["key"]] = 3  # the user edits the input that is shown now
+        current["on_change"](*current["args"])
+        assert st.session_state["patch_row"] == 3
+    finally:
+        for name in (*names, "patch_col", "w_patch_row", "w_patch_row_1"):
+            st.session_state.pop(name, None)

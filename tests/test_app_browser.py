@@ -12,9 +12,17 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir
+from test_app import DEMO_POOLS, ROOT, app_module, write_demo_dir, write_history
 
-from app.browser_steps import choose_view, click_patch_marker, click_until, point_position, settle
+from app.browser_steps import (
+    STILL,
+    chart_ready,
+    choose_view,
+    click_patch_marker,
+    click_point,
+    point_position,
+    settle,
+)
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
@@ -36,6 +44,8 @@ def server(tmp_path: Path) -> Iterator[str]:
     checkpoints have the demo architecture (``tcpa_demo_vit``: 64 px, 8x8 patches, depth 6) with random
     weights, so the timings are those of the demo models."""
     demo = write_demo_dir(tmp_path / "fixtures", arch={}, pools=DEMO_POOLS, num_prompts=10)
+    write_history(demo / "tcpa", [0.35, 0.62, 0.71, 0.69], loss_scale=2.0)
+    write_history(demo / "vpt-deep", [0.30, 0.55, 0.58, 0.66], loss_scale=2.4)
     launch = app_module("app.launch")
     port = launch.free_port(HOST)
     log = tmp_path / "server.log"
@@ -67,8 +77,9 @@ SCREENSHOTS_ENV = "TCPA_VIZ_SCREENSHOTS"
 """Folder where the browser test also copies its screenshots (to look at them; default: only pytest's tmp)."""
 
 
-def download_png(page: Any) -> tuple[str, bytes]:
-    """Press the PNG export button; returns the file's suggested name and its bytes.
+def download(page: Any, key: str = "sel_export", kind: str = "png") -> tuple[str, bytes]:
+    """Press the export button ``{key}_{kind}`` (``kind``: ``png``, ``html`` or ``csv_<suffix>``); returns the
+    file's suggested name and its bytes.
 
     Export files are produced on demand by callables that every script run registers anew, so a press that
     races the last rerun's update of the page can name a callable that is already gone: the page is let
@@ -77,11 +88,10 @@ def download_png(page: Any) -> tuple[str, bytes]:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     def press() -> tuple[str, bytes]:
-        page.wait_for_timeout(1000)
         settle(page)
-        with page.expect_download(timeout=20_000) as download:
-            page.locator(".st-key-sel_export_png button").click()
-        return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+        with page.expect_download(timeout=20_000) as event:
+            page.locator(f".st-key-{key}_{kind} button").click()
+        return event.value.suggested_filename, Path(event.value.path()).read_bytes()
 
     try:
         return press()
@@ -104,7 +114,9 @@ def shoot(page: Any, folder: Path, name: str) -> Path:
 @pytest.mark.timeout(600)
 def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
     """Clicks a patch on the image, steps the layer, exports a PNG, opens the prompt map, picks a patch on the
-    Attention overlay, runs the t-SNE and clicks a point, which makes that test image the current one."""
+    Attention overlay, shows and exports the explanation map and its deletion curve, runs the t-SNE and clicks a
+    point, which makes that test image the current one, and opens the Models view (training curves, per-class
+    accuracy and confusion matrices after Evaluate)."""
     if not Path(chromium_path()).is_file():
         pytest.skip(f"no Chromium at {chromium_path()} (install the Debian package `chromium` or set {CHROMIUM_ENV})")
     from playwright.sync_api import sync_playwright
@@ -127,7 +139,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             settle(page, "Selected patch (2, 3) at layer 4")
             assert page.get_by_text("the baseline gives its 10 prompts").count() == 1
             shots.append(shoot(page, tmp_path, "1_selection"))
-            name, png = download_png(page)
+            name, png = download(page)
             assert name.endswith("_patch2-3_layer4_image_and_patch_grid.png") and png.startswith(b"\x89PNG"), name
 
             page.locator(".st-key-sel_panel button").filter(has_text="image coloured by selected prompt").click()
@@ -138,6 +150,17 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             settle(page, "Attention of patch (2, 3) at layer 4")
             click_patch_marker(page, "att_overlay", 2, 6, 1, 8, "Attention of patch (6, 1) at layer 4")
             shots.append(shoot(page, tmp_path, "3_attention_patch_picked"))
+
+            page.locator(".st-key-att_explain label").click()
+            settle(page, "Export the explanation", 120_000)
+            chart_ready(page, "att_explain_chart")
+            assert page.get_by_text("deletion AUC").count() >= 1
+            name, png = download(page, "att_explain_export", "png")
+            assert name.startswith("test_image_0_relevance_class") and png.startswith(b"\x89PNG"), name
+            name, data = download(page, "att_explain_export", "csv_deletion_curve")
+            assert name.endswith("_deletion_curve.csv") and data.startswith(b"model,method,target,fraction"), name
+            page.locator(".st-key-att_explain_chart").scroll_into_view_if_needed()
+            shots.append(shoot(page, tmp_path, "3b_attention_explanation"))
 
             choose_view(page, "Features (t-SNE)")
             settle(page, "Run t-SNE")
@@ -150,7 +173,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             at = point_position(page, "tsne_TCPA", 1, 2)
             index = int(at["customdata"][0])
             assert index != 0
-            click_until(page, at["x"], at["y"], f"current: test image {index}")
+            click_point(page, "tsne_TCPA", 1, 2, f"current: test image {index}")
             shots.append(shoot(page, tmp_path, "4_tsne_point_clicked"))
 
             choose_view(page, "Prompt selection")
@@ -158,6 +181,28 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             assert page.get_by_text(f"test image {index} ·").count() == 1
             assert page.locator("[data-testid='stException']").count() == 0
             shots.append(shoot(page, tmp_path, "5_selection_of_the_clicked_image"))
+
+            choose_view(page, "Models")
+            settle(page, "Training curves")
+            chart_ready(page, "models_curves")
+            images = page.locator(".st-key-models_images_test input")
+            images.fill("120")
+            images.press("Enter")
+            settle(page, "Press Evaluate to run the models on 120 images")
+            page.locator(".st-key-models_eval button").click()
+            settle(page, "classes with differing rows", 180_000)
+            title = page.locator(".st-key-models_class_accuracy .gtitle").first.text_content()
+            assert title == "accuracy per class on 120 images of the test split", title
+            for chart in ("models_curves", "models_class_accuracy", "models_confusion"):
+                chart_ready(page, chart)
+                drawn = page.locator(f".st-key-{chart} .cartesianlayer .trace, .st-key-{chart} .cartesianlayer .hm")
+                assert drawn.count() > 0, f"{chart} has nothing drawn"
+            assert page.locator("[data-testid='stException']").count() == 0
+            shots.append(shoot(page, tmp_path, "6_models"))
+            for chart in ("models_class_accuracy", "models_confusion"):
+                page.locator(f".st-key-{chart}").scroll_into_view_if_needed()
+                page.evaluate(STILL)
+                shots.append(shoot(page, tmp_path, f"6_{chart}"))
         except Exception as exc:
             failure = shoot(page, tmp_path, "failure")
             log = (tmp_path / "server.log").read_text()[-3000:]

@@ -13,6 +13,7 @@ import streamlit as st
 
 from tcpa_core import CheckpointError, PromptConfig, TCPAError
 from tcpa_core.checkpoint import META_FILE, checkpoint_files, read_checkpoint_meta
+from tcpa_core.methods import get_method, list_methods
 from tcpa_viz.models import resolve_checkpoint
 
 DEMO_DIR_ENV = "TCPA_VIZ_DEMO_DIR"
@@ -118,14 +119,25 @@ def describe_checkpoint(path: str) -> CheckpointInfo:
     return checkpoint_info(checkpoint_files(resolve_checkpoint(given))[0], str(given))
 
 
+def _registry_position(method: str, role: str) -> int:
+    """Position of ``method`` among the registered methods of ``role`` (``tcpa_core.methods.list_methods``);
+    methods of another role or not registered come after all of them."""
+    names = list_methods(role=role)
+    try:
+        resolved = get_method(method).name
+    except TCPAError:
+        return len(names)
+    return names.index(resolved) if resolved in names else len(names)
+
+
 def default_choice(infos: Sequence[CheckpointInfo], tcpa: bool) -> int | None:
-    """Index of the default TCPA (``tcpa=True``) or baseline checkpoint: ``best`` ones first; for the
-    baseline VPT-deep is preferred."""
-    ranked = []
-    for i, info in enumerate(infos):
-        if info.tcpa_family != tcpa:
-            continue
-        ranked.append((not info.label.endswith("best"), info.method != "vpt-deep", i))
+    """Index of the default TCPA (``tcpa=True``) or baseline checkpoint among ``infos`` (``None`` when there is
+    none of that kind): ``best`` checkpoints before others, then the method's position in the method registry
+    (``list_methods(role=...)``, registration order), then the listing order. The demo folder's pair thus gives
+    VPT-deep as the baseline and TCPA as the TCPA model."""
+    role = "tcpa" if tcpa else "baseline"
+    ranked = [(not info.label.endswith("best"), _registry_position(info.method, role), i)
+              for i, info in enumerate(infos) if info.tcpa_family == tcpa]
     return min(ranked)[2] if ranked else None
 
 

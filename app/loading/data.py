@@ -29,10 +29,11 @@ def dataset_spec(loaded: DashboardModel) -> dict[str, Any]:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def open_dataset(spec_json: str, config_json: str) -> Dataset:
-    """Test split of the dataset described by ``spec_json`` (``tcpa_core.data.open_split``: the run's recorded
-    ``max_samples`` subset included) with the evaluation transform of the model."""
-    return open_split(json.loads(spec_json), "test", build_transforms(json.loads(config_json), train=False))
+def open_dataset(spec_json: str, config_json: str, split: str = "test") -> Dataset:
+    """Split ``split`` (default the test split) of the dataset described by ``spec_json``
+    (``tcpa_core.data.open_split``: the run's recorded ``max_samples`` subset included) with the evaluation
+    transform of the model."""
+    return open_split(json.loads(spec_json), split, build_transforms(json.loads(config_json), train=False))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
-from app.export import ExportFigure, export_bar
+from app.export import ExportFigure, export_bar, slug
 from app.figures import (
     mask_figure,
     mask_matplotlib,
@@ -60,8 +60,7 @@ def body(ctx: ImageContext) -> None:
     depth = ctx.tcpa_capture.depth
     num_heads = min(lm.num_heads for _, lm, _ in models)
     options = head_options(num_heads)
-    if st.session_state.get(state.HEADS) not in options:
-        st.session_state[state.HEADS] = "mean"
+    state.show_notes()
     row, col = state.patch()
     h, w = ctx.tcpa_capture.layout.grid_size
     top = st.columns([2, 1, 1.2, 1.4])
@@ -100,7 +99,8 @@ def body(ctx: ImageContext) -> None:
     st.markdown(f"**Attention of {query_name} at layer {layer}, {head_text(heads_choice)}**"
                 + (" (before the mask)" if raw else ""))
     fig = overlay_compare_figure(image.display, grids, box, smooth, title)
-    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, w, OVERLAY_CHART),
+    fig.update_layout(meta=state.chart_meta(OVERLAY_CHART))
+    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, (h, w), OVERLAY_CHART),
                     selection_mode="points", config=CHART_CONFIG)
     st.caption("  \n".join(lines) + "  \nOne colour scale for both models (0 to the larger maximum); the "
                "difference panel is TCPA minus baseline. Row sums below 1: TCPA's mask removes the unselected "
@@ -167,14 +167,60 @@ def explanation_figure(display: np.ndarray, rows: list[tuple[str, ImageExplanati
                                  hovertemplate="relevance %{z:.3g}<extra></extra>"), row=i, col=1)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{2 * i - 1}", showticklabels=False, row=i, col=1)
         fig.update_xaxes(showticklabels=False, row=i, col=1)
-        for curve, name, dash in ((ex.deletion, "relevance order", None), (ex.deletion_random, "random order",
-                                                                            "dot")):
+        for curve, name, dash, colour in ((ex.deletion, "relevance order", None, "#1f77b4"),
+                                          (ex.deletion_random, "random order", "dot", "#7f7f7f")):
             fig.add_trace(go.Scatter(x=ex.fractions.tolist(), y=curve.tolist(), mode="lines+markers", name=name,
-                                     line=dict(dash=dash), showlegend=i == 1), row=i, col=2)
+                                     line=dict(dash=dash, color=colour), marker=dict(color=colour),
+                                     showlegend=i == 1), row=i, col=2)
         fig.update_xaxes(title="share of patches deleted", row=i, col=2)
         fig.update_yaxes(title="target probability", rangemode="tozero", row=i, col=2)
     fig.update_layout(height=340 * len(rows), margin=dict(l=10, r=10, t=60, b=10), title=title)
     return fig
+
+
+def explanation_matplotlib(display: np.ndarray, rows: list[tuple[str, ImageExplanation]], title: str):
+    """Static version of :func:`explanation_figure` (PNG export)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    height, width = display.shape[:2]
+    for (role, ex), (left, right) in zip(rows, axes, strict=True):
+        left.imshow(display)
+        left.imshow(ex.patches, cmap="inferno", alpha=0.55, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                    interpolation="nearest")
+        left.set_title(f"{role}: {ex.method} map (class {ex.target})", fontsize="medium")
+        left.set_axis_off()
+        right.plot(ex.fractions, ex.deletion, marker="o", color="#1f77b4", label="relevance order")
+        right.plot(ex.fractions, ex.deletion_random, marker="o", linestyle=":", color="#7f7f7f", label="random order")
+        right.set_title(f"{role}: deletion AUC {ex.deletion_auc:.3f} (random {ex.deletion_random_auc:.3f})",
+                        fontsize="medium")
+        right.set_xlabel("share of patches deleted")
+        right.set_ylabel("target probability")
+        right.set_ylim(bottom=0)
+        right.legend(fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def explanation_map_csv(rows: list[tuple[str, ImageExplanation]]) -> bytes:
+    """CSV of every model's patch relevance: ``model,method,target,row,col,relevance``."""
+    lines = ["model,method,target,row,col,relevance"]
+    for role, ex in rows:
+        h, w = ex.patches.shape
+        lines += [f"{role},{ex.method},{ex.target},{r},{c},{float(ex.patches[r, c])!r}" for r in range(h)
+                  for c in range(w)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def deletion_curve_csv(rows: list[tuple[str, ImageExplanation]]) -> bytes:
+    """CSV of every model's deletion curve beside the random order:
+    ``model,method,target,fraction_deleted,probability_relevance_order,probability_random_order``."""
+    lines = ["model,method,target,fraction_deleted,probability_relevance_order,probability_random_order"]
+    for role, ex in rows:
+        lines += [f"{role},{ex.method},{ex.target},{float(f)!r},{float(d)!r},{float(r)!r}"
+                  for f, d, r in zip(ex.fractions, ex.deletion, ex.deletion_random, strict=True)]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def explanation_panel(ctx: ImageContext) -> None:
@@ -210,3 +256,11 @@ def explanation_panel(ctx: ImageContext) -> None:
                      f"{ex.deletion_auc:.3f} vs random order {ex.deletion_random_auc:.3f}{prompts}")
     st.caption("  \n".join(lines) + f"  \nDeletion: patches are blurred in decreasing relevance, "
                f"{DELETION_STEPS} steps; lower AUC = more faithful.")
+    display = ctx.image.display
+    targets = "-".join(str(t) for t in sorted({ex.target for _, ex in rows}))
+    export_bar([ExportFigure("explanation and deletion curve", fig,
+                             lambda: explanation_matplotlib(display, rows, title))],
+               key="att_explain_export", stem=f"{ctx.stem}_{slug(method)}_class{targets}",
+               heading="Export the explanation",
+               csv={"CSV: map": ("relevance_map", lambda: explanation_map_csv(rows)),
+                    "CSV: curve": ("deletion_curve", lambda: deletion_curve_csv(rows))})

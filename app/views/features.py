@@ -4,7 +4,7 @@ image is ringed and misclassified points are crosses. Cluster numbers and per-cl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -30,20 +30,6 @@ METRICS = {
     "knn_chance": ("majority-class rate", "accuracy of always answering the most frequent class (chance level "
                    "for the k-NN numbers)"),
 }
-
-
-def on_point_click(chart_key: str) -> None:
-    """Callback of a t-SNE chart: the clicked point's test index becomes the current image."""
-    event = st.session_state.get(chart_key) or {}
-    selection = event.get("selection", {}) if isinstance(event, Mapping) else {}
-    for point in selection.get("points", []):
-        data = point.get("customdata")
-        if isinstance(data, Mapping):
-            data = [data[k] for k in sorted(data, key=lambda k: int(k))]
-        if isinstance(data, list | tuple) and data:
-            st.session_state["image_source"] = "test"
-            st.session_state["image_index"] = int(data[0])
-            return
 
 
 @register_view("features", "Features (t-SNE)", order=30)
@@ -88,7 +74,8 @@ def render(ctx: ImageContext) -> None:
             title = f"{role}: {lm.info.label}"
             fig = tsne_figure(result.embedding, labels, preds, indices, names, current, title)
             chart = f"tsne_{role}"
-            st.plotly_chart(fig, key=chart, on_select=lambda chart=chart: on_point_click(chart),
+            fig.update_layout(meta=state.chart_meta(chart))
+            st.plotly_chart(fig, key=chart, on_select=partial(state.image_click, chart),
                             selection_mode="points", config=CHART_CONFIG)
             figures.append(ExportFigure(f"{role} t-SNE", fig, lambda result=result, title=title:
                                         plot_tsne_matplotlib(result, class_names=names, title=title)))

@@ -78,6 +78,7 @@ def render(ctx: ImageContext) -> None:
 @st.fragment
 def body(ctx: ImageContext) -> None:
     """Everything that follows the patch and the layer (reruns alone when they change)."""
+    state.show_notes()
     lm, cap, image = ctx.model, ctx.tcpa_capture, ctx.image
     layout = cap.layout
     h, w = layout.grid_size
@@ -90,8 +91,8 @@ def body(ctx: ImageContext) -> None:
     with left:
         title = f"{image.name}: click a patch"
         grid_fig = image_grid_figure(image.display, (h, w), (row, col), title)
-        grid_fig.update_layout(height=380)
-        st.plotly_chart(grid_fig, key=state.GRID_CHART, on_select=partial(state.on_grid_click, w),
+        grid_fig.update_layout(height=380, meta=state.chart_meta(state.GRID_CHART))
+        st.plotly_chart(grid_fig, key=state.GRID_CHART, on_select=partial(state.on_grid_click, (h, w)),
                         selection_mode="points", config=CHART_CONFIG)
         figures.append(ExportFigure("image and patch grid", grid_fig,
                                     lambda: image_grid_matplotlib(image.display, (h, w), (row, col), image.name)))
