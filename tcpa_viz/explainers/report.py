@@ -99,8 +99,8 @@ class ModelReport:
     seconds: dict[str, float]
 
 
-def _cat(parts: Sequence[Explanation]) -> Explanation:
-    """Concatenate explanations of consecutive batches."""
+def concat_explanations(parts: Sequence[Explanation]) -> Explanation:
+    """One explanation of consecutive batches from their explanations (tensors on the CPU)."""
     first = parts[0]
 
     def cat(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -143,7 +143,7 @@ def explain_model(loaded: LoadedModel, data: Dataset, indices: Sequence[int], se
         options = {"n_steps": settings.ig_steps} if method == "integrated-gradients" else {}
         step = settings.explain_batch
         parts = [explain(model, images[j:j + step], method=method, **options) for j in range(0, len(images), step)]
-        explanations[method] = _cat(parts)
+        explanations[method] = concat_explanations(parts)
         results[method] = faithfulness(model, images, explanations[method], boxes=boxes, fill=settings.fill,
                                        mean=mean, steps=settings.steps, random_orders=1 if i == 0 else 0,
                                        seed=settings.seed, batch_size=settings.batch_size)
