@@ -237,18 +237,18 @@ def faithfulness(
     logits = logits.to(device)
     t = resolve_target(target, logits)
     original = logits.softmax(-1).gather(1, t[:, None])[:, 0]
-    empty = _scores(model, filled, t, batch_size)
     counts = step_counts(h * w, steps)
     num_patches = h * w
     interior = counts[1:-1]
     relevance = relevance_order(maps)
     # deletion: counts c_s; insertion = deletion of the reversed order at Np - c_s (the same pixels)
-    jobs = [(relevance, interior), (relevance.flip(1), num_patches - interior)]
+    jobs = [(relevance, counts[-1:]), (relevance, interior), (relevance.flip(1), num_patches - interior)]
     # random: deletion at c_s and, read backwards, the insertion of the reversed order at Np - c_s
     shared = torch.unique(torch.cat([interior, num_patches - interior]))
     randoms = [random_order(b, num_patches, seed + r) for r in range(random_orders)]
     jobs += [(order, shared) for order in randoms]
-    mid = _deletion_scores(model, images, filled, t, jobs, patch, batch_size)
+    empty, *mid = _deletion_scores(model, images, filled, t, jobs, patch, batch_size)   # empty: all patches filled
+    empty = empty[:, 0]
     ends = {"deletion": (original, empty), "insertion": (empty, original)}
     curves = {}
     for kind, scores in zip(("deletion", "insertion"), mid[:2], strict=True):

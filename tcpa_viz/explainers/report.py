@@ -202,7 +202,7 @@ def run_demo_explain(baseline: LoadedModel | str | Path | None, tcpa: LoadedMode
                      num_images: int = DEMO_IMAGES, log: Callable[[str], None] | None = None) -> list[Path]:
     """The demo's explain step: :func:`explain_report` of the two models (``None``: the demo folder's
     checkpoints) on ``num_images`` test images (``None`` data: the TCPA checkpoint's test split), with
-    ``steps=4`` and ``ig_steps=8`` so that it stays within the demo's time budget (about 30 s on 2 cores)."""
+    ``steps=4`` and ``ig_steps=8`` so that it stays within the demo's time budget (about 15 s on 2 cores)."""
     base, tc = load_pair(baseline, tcpa, demo_dir)
     data = test_data if test_data is not None else resolve_data(None, tc, "test")
     settings = ExplainSettings(num_images=num_images, steps=4, ig_steps=8)
