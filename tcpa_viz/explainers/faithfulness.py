@@ -207,8 +207,9 @@ def faithfulness(
         boxes: ``[B, 4]`` ground-truth boxes ``(x0, y0, x1, y1)`` in model-input pixels (ends exclusive).
         fill, mean, blur_sigma: what removed patches become (module docstring).
         steps: curve steps (each changes about ``Np / steps`` patches); ``steps + 1`` points.
-        random_orders: random orders averaged for the baseline curves; 0 skips them (the random curves do not
-            depend on the map, so one call per model and image set is enough).
+        random_orders: random orders averaged for the baseline curves (insertion reads each one reversed, see
+            the module docstring); 0 skips them (the random curves do not depend on the map, so one call per
+            model and image set is enough).
         seed: seed of the random orders (image ``i`` of the call uses the same orders every time).
         batch_size: images per forward pass.
     """
