@@ -18,6 +18,7 @@ from tcpa_viz.explainers import (
     box_scores,
     explain,
     faithfulness,
+    fill_images,
     gradient_weighted_attention,
     list_explainers,
 )
@@ -264,6 +265,49 @@ def test_deletion_removes_exactly_the_most_relevant_patches():
         kept = weights.flatten().sort(descending=True).values[k:].sum()  # every patch mean is 1
         expected = torch.softmax(torch.tensor([float(kept) - 4.0, 0.0]), 0)[0]
         assert abs(float(result.curves["deletion"][0, s]) - float(expected)) < 1e-5
+
+
+def test_insertion_restores_exactly_the_most_relevant_patches():
+    weights = torch.arange(1.0, 17.0).view(4, 4)
+    model = PatchLinear(weights, 8)
+    images = torch.ones(1, 3, 32, 32)
+    result = faithfulness(model, images, weights[None], target=0, fill="mean", steps=4, random_orders=0)
+    for s, k in enumerate([0, 4, 8, 12, 16]):
+        kept = weights.flatten().sort(descending=True).values[:k].sum()  # mean fill 0: only restored patches count
+        expected = torch.softmax(torch.tensor([float(kept) - 4.0, 0.0]), 0)[0]
+        assert abs(float(result.curves["insertion"][0, s]) - float(expected)) < 1e-5
+
+
+@pytest.mark.parametrize(("grid", "steps"), [(4, 4), (4, 5), (4, 16), (3, 2), (3, 6)])
+def test_random_insertion_is_the_random_deletion_read_backwards(grid, steps):
+    """The random insertion order is the reverse of the random deletion order (written out here image by image);
+    with symmetric step counts (not so for 9 patches in 2 or 6 steps) insertion_random(f) = deletion_random(1 - f)."""
+    torch.manual_seed(1)
+    n = grid * grid
+    model = PatchLinear(torch.randn(grid, grid), 8)
+    images = torch.rand(3, 3, 8 * grid, 8 * grid)
+    result = faithfulness(model, images, torch.rand(3, grid, grid), target=0, fill="blur", steps=steps,
+                          random_orders=2)
+    fills = fill_images(images, "blur", (8, 8))
+    counts = torch.round(torch.arange(steps + 1) * n / steps).long().tolist()
+    for name, reverse in (("deletion_random", False), ("insertion_random", True)):
+        expected = torch.zeros(3, steps + 1, dtype=torch.float64)
+        for r in range(2):
+            for i in range(3):
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(r * 1_000_003 + i))
+                order = order.flip(0) if reverse else order
+                for s, k in enumerate(counts):
+                    changed = torch.zeros(n, dtype=torch.bool)
+                    changed[order[:k]] = True
+                    filled = ~changed if reverse else changed   # insertion: the first k patches are the image's
+                    pix = filled.view(grid, grid).repeat_interleave(8, 0).repeat_interleave(8, 1)
+                    x = torch.where(pix, fills[i], images[i])
+                    expected[i, s] += float(model(x[None]).softmax(-1)[0, 0]) / 2
+        torch.testing.assert_close(result.curves[name], expected, rtol=1e-5, atol=1e-6)
+    symmetric = all(n - k in counts for k in counts)
+    assert symmetric == ((grid, steps) not in ((3, 2), (3, 6)))
+    if symmetric:
+        torch.testing.assert_close(result.curves["insertion_random"], result.curves["deletion_random"].flip(1))
 
 
 def test_blur_fill_keeps_a_flat_image():

@@ -17,9 +17,16 @@ Fills (``fill=``):
     a constant: ``mean`` (a float, a ``[C]`` colour or a ``[C, H, W]`` image in normalised space, e.g. the
     dataset's mean image); the default 0 is the mean colour the images were normalised with.
 
-All perturbed images of a batch of curves go through the model in a few forward passes of at most
-``batch_size`` images. The unperturbed and the fully filled image are scored once per image and shared by
-the four curves (their first/last points).
+Every curve point is a *deletion image*: the image with the first ``k`` patches of some order filled.
+Insertion of the first ``k`` patches of an order is the deletion of the first ``Np - k`` patches of the
+reversed order, and the random insertion curve uses the reverse of the random deletion order (a reversed
+uniform permutation is again uniform, so it is still a random-order baseline). Hence the random insertion
+curve is the random deletion curve read backwards, ``insertion_random(f) = deletion_random(1 - f)``, and
+both cost one set of forward passes; the unperturbed and the fully filled image are scored once per image
+and shared by the four curves (their first/last points). Per image that is ``3 (steps - 1) + 1`` forward
+images when the step counts are symmetric (``k`` and ``Np - k`` both occur, e.g. whenever ``steps`` divides
+``Np``; at most ``4 (steps - 1) + 1`` otherwise), ``+ 1`` when ``maps`` is not an :class:`Explanation`,
+in forward passes of about ``batch_size`` images; each image's fill is computed once.
 
 With ground-truth boxes (the digits demo keeps each digit's box), two localisation scores:
 ``pointing``: 1 when the centre of the patch with the largest relevance lies inside the box, else 0
@@ -120,6 +127,32 @@ def _scores(model: nn.Module, images: torch.Tensor, target: torch.Tensor, batch_
     return torch.cat(out) if out else images.new_zeros(0)
 
 
+def _deletion_scores(model: nn.Module, images: torch.Tensor, filled: torch.Tensor, target: torch.Tensor,
+                     jobs: list[tuple[torch.Tensor, torch.Tensor]], patch: tuple[int, int], batch_size: int
+                     ) -> list[torch.Tensor]:
+    """Scores of deletion images for several ``(orders [B, Np], counts [m])`` jobs, ``[B, m]`` per job.
+
+    The deletion image of order ``o`` and count ``k`` has the patches ``o[:k]`` taken from ``filled``, the
+    others from ``images``. The images of all jobs are scored together, a few images at a time so that
+    every forward pass holds about ``batch_size`` perturbed images.
+    """
+    b, h, w = len(images), images.shape[-2] // patch[0], images.shape[-1] // patch[1]
+    sizes = [len(counts) for _, counts in jobs]
+    total = sum(sizes)
+    if total == 0:
+        return [images.new_zeros(b, 0) for _ in jobs]
+    masks = torch.cat([_patch_masks(order.to(images.device), counts) for order, counts in jobs], dim=1)
+    chunk = max(1, batch_size // total)
+    scores = []
+    for lo in range(0, b, chunk):
+        sl = slice(lo, min(lo + chunk, b))
+        n = len(images[sl])
+        pix = masks[sl].view(n, total, h, w).repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
+        perturbed = torch.where(pix[:, :, None], filled[sl, None], images[sl, None]).flatten(0, 1)
+        scores.append(_scores(model, perturbed, target[sl].repeat_interleave(total), batch_size).view(n, total))
+    return list(torch.cat(scores).split(sizes, dim=1))
+
+
 def box_scores(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pointing game hits ``[B]`` (0./1.) and positive-relevance share inside the box ``[B]``.
@@ -174,8 +207,9 @@ def faithfulness(
         boxes: ``[B, 4]`` ground-truth boxes ``(x0, y0, x1, y1)`` in model-input pixels (ends exclusive).
         fill, mean, blur_sigma: what removed patches become (module docstring).
         steps: curve steps (each changes about ``Np / steps`` patches); ``steps + 1`` points.
-        random_orders: random orders averaged for the baseline curves; 0 skips them (the random curves do not
-            depend on the map, so one call per model and image set is enough).
+        random_orders: random orders averaged for the baseline curves (insertion reads each one reversed, see
+            the module docstring); 0 skips them (the random curves do not depend on the map, so one call per
+            model and image set is enough).
         seed: seed of the random orders (image ``i`` of the call uses the same orders every time).
         batch_size: images per forward pass.
     """
@@ -204,45 +238,33 @@ def faithfulness(
     logits = logits.to(device)
     t = resolve_target(target, logits)
     original = logits.softmax(-1).gather(1, t[:, None])[:, 0]
-    empty = _scores(model, filled, t, batch_size)
     counts = step_counts(h * w, steps)
-    orders = [relevance_order(maps)] + [random_order(b, h * w, seed + r) for r in range(random_orders)]
-    names = CURVES if random_orders else CURVES[:2]
-    curves = {name: torch.zeros(b, steps + 1, dtype=torch.float64) for name in names}
-    chunk = max(1, batch_size // max(1, steps - 1))
-    for i, order in enumerate(orders):
-        weight = 1.0 if i == 0 else 1.0 / random_orders
-        suffix = "" if i == 0 else "_random"
-        for lo in range(0, b, chunk):
-            sl = slice(lo, min(lo + chunk, b))
-            for kind, mid in zip(("deletion", "insertion"),
-                                 _interior_scores(model, images[sl], filled[sl], t[sl], order[sl], counts, patch,
-                                                  batch_size), strict=True):
-                start, stop = (original[sl], empty[sl]) if kind == "deletion" else (empty[sl], original[sl])
-                curve = torch.cat([start[:, None], mid, stop[:, None]], dim=1).double().cpu()
-                curves[kind + suffix][sl] += weight * curve
+    num_patches = h * w
+    interior = counts[1:-1]
+    relevance = relevance_order(maps)
+    # deletion: counts c_s; insertion = deletion of the reversed order at Np - c_s (the same pixels)
+    jobs = [(relevance, counts[-1:]), (relevance, interior), (relevance.flip(1), num_patches - interior)]
+    # random: deletion at c_s and, read backwards, the insertion of the reversed order at Np - c_s
+    shared = torch.unique(torch.cat([interior, num_patches - interior]))
+    randoms = [random_order(b, num_patches, seed + r) for r in range(random_orders)]
+    jobs += [(order, shared) for order in randoms]
+    empty, *mid = _deletion_scores(model, images, filled, t, jobs, patch, batch_size)   # empty: all patches filled
+    empty = empty[:, 0]
+    ends = {"deletion": (original, empty), "insertion": (empty, original)}
+    curves = {}
+    for kind, scores in zip(("deletion", "insertion"), mid[:2], strict=True):
+        start, stop = ends[kind]
+        curves[kind] = torch.cat([start[:, None], scores, stop[:, None]], dim=1).double().cpu()
+    if random_orders:
+        where = {kind: torch.searchsorted(shared, c) for kind, c in
+                 (("deletion", interior), ("insertion", num_patches - interior))}
+        for kind in ("deletion", "insertion"):
+            start, stop = ends[kind]
+            scores = torch.stack([m[:, where[kind]] for m in mid[2:]]).mean(0)
+            curves[kind + "_random"] = torch.cat([start[:, None], scores, stop[:, None]], dim=1).double().cpu()
     fractions = counts.double() / (h * w)
-    auc = {name: torch.trapezoid(curves[name], fractions, dim=1) for name in names}
+    auc = {name: torch.trapezoid(curves[name], fractions, dim=1) for name in CURVES if name in curves}
     result = FaithfulnessResult(fractions, curves, auc, t.cpu(), fill)
     if boxes is not None:
         result.pointing, result.box_energy = box_scores(maps, torch.as_tensor(boxes), (height, width))
     return result
-
-
-def _interior_scores(model: nn.Module, images: torch.Tensor, filled: torch.Tensor, target: torch.Tensor,
-                     order: torch.Tensor, counts: torch.Tensor, patch: tuple[int, int], batch_size: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deletion and insertion scores ``[n, S - 1]`` at the interior steps for ``n`` images and their orders."""
-    n, (h, w) = len(images), (images.shape[-2] // patch[0], images.shape[-1] // patch[1])
-    interior = counts[1:-1]
-    if len(interior) == 0:
-        empty = images.new_zeros(n, 0)
-        return empty, empty
-    masks = _patch_masks(order.to(images.device), interior)                        # [n, S-1, Np]
-    pix = masks.view(n, -1, h, w).repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)[:, :, None]
-    x, f = images[:, None], filled[:, None]
-    targets = target.repeat_interleave(len(interior))
-    return tuple(  # type: ignore[return-value]
-        _scores(model, perturbed.flatten(0, 1), targets, batch_size).view(n, -1)
-        for perturbed in (torch.where(pix, f, x), torch.where(pix, x, f))
-    )

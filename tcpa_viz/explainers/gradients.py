@@ -15,15 +15,14 @@ from .base import Target, resolve_target
 
 @contextmanager
 def retained_attention(model: PromptedViT) -> Iterator[dict[int, torch.Tensor]]:
-    """While the block runs, every block's attention after the mask ``[B, H, Q, K]`` is kept (with
-    ``retain_grad``) in the yielded dict ``{layer: tensor}``. A hook on ``("attn", l)`` makes the block use the
-    hooked tensor downstream (:func:`tcpa_core.intervene`), so after ``backward`` its ``.grad`` is
-    ``d target / d A'``. Restored on exit."""
+    """While the block runs, every block's attention after the mask ``[B, H, Q, K]`` is kept in the yielded
+    dict ``{layer: tensor}``. A hook on ``("attn", l)`` makes the block use the hooked tensor downstream
+    (:func:`tcpa_core.intervene`), so the gradient of the target with respect to it is ``d target / d A'``.
+    Restored on exit."""
     store: dict[int, torch.Tensor] = {}
 
     def keep(value: torch.Tensor, layer: int | None) -> None:
         assert layer is not None, "('attn', l) hook points are per block"
-        value.retain_grad()
         store[layer] = value
 
     with intervene(model, hooks={("attn", layer): keep for layer in range(model.depth)}):
@@ -38,21 +37,24 @@ def attention_gradients(
     Returns per block (first first) the attention after the mask ``[B, H, Q, K]`` and its gradient (same
     shape), the logits ``[B, C]`` and the targets ``[B]``; all detached. Images of one batch do not
     interact (eval mode), so backpropagating the sum of every image's target logit gives each image its
-    own gradient.
+    own gradient. The backward pass (``torch.autograd.grad`` with the attention tensors as inputs) runs
+    only the part of the graph between the logits and the attention: no gradient of the parameters, of
+    the images or of the layers before the first block's attention is computed.
     """
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad(), retained_attention(model) as store:
         logits = model(x)
         t = resolve_target(target, logits)
-        logits.gather(1, t[:, None]).sum().backward()
-    layers = sorted(store)
-    grads = [store[layer].grad for layer in layers]
+        layers = sorted(store)
+        if len(layers) != model.depth or not all(store[layer].requires_grad for layer in layers):
+            raise RuntimeError(f"the captured attention of method {model.config.method!r} is not part of the "
+                               "graph of the logits.")
+        grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), [store[layer] for layer in layers],
+                                    allow_unused=True)
     missing = [layer for layer, grad in zip(layers, grads, strict=True) if grad is None]
-    if missing or len(layers) != model.depth:
+    if missing:
         raise RuntimeError(
-            f"no gradient reached the captured attention of blocks {missing or 'all'} for method "
-            f"{model.config.method!r}."
+            f"no gradient reached the captured attention of blocks {missing} for method {model.config.method!r}."
         )
     attn = [store[layer].detach() for layer in layers]
-    model.zero_grad(set_to_none=True)
     return attn, [grad.detach() for grad in grads if grad is not None], logits.detach(), t

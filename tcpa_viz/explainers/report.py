@@ -99,8 +99,8 @@ class ModelReport:
     seconds: dict[str, float]
 
 
-def _cat(parts: Sequence[Explanation]) -> Explanation:
-    """Concatenate explanations of consecutive batches."""
+def concat_explanations(parts: Sequence[Explanation]) -> Explanation:
+    """One explanation of consecutive batches from their explanations (tensors on the CPU)."""
     first = parts[0]
 
     def cat(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -143,7 +143,7 @@ def explain_model(loaded: LoadedModel, data: Dataset, indices: Sequence[int], se
         options = {"n_steps": settings.ig_steps} if method == "integrated-gradients" else {}
         step = settings.explain_batch
         parts = [explain(model, images[j:j + step], method=method, **options) for j in range(0, len(images), step)]
-        explanations[method] = _cat(parts)
+        explanations[method] = concat_explanations(parts)
         results[method] = faithfulness(model, images, explanations[method], boxes=boxes, fill=settings.fill,
                                        mean=mean, steps=settings.steps, random_orders=1 if i == 0 else 0,
                                        seed=settings.seed, batch_size=settings.batch_size)
@@ -202,7 +202,7 @@ def run_demo_explain(baseline: LoadedModel | str | Path | None, tcpa: LoadedMode
                      num_images: int = DEMO_IMAGES, log: Callable[[str], None] | None = None) -> list[Path]:
     """The demo's explain step: :func:`explain_report` of the two models (``None``: the demo folder's
     checkpoints) on ``num_images`` test images (``None`` data: the TCPA checkpoint's test split), with
-    ``steps=4`` and ``ig_steps=8`` so that it stays within the demo's time budget (about 30 s on 2 cores)."""
+    ``steps=4`` and ``ig_steps=8`` so that it stays within the demo's time budget (about 15 s on 2 cores)."""
     base, tc = load_pair(baseline, tcpa, demo_dir)
     data = test_data if test_data is not None else resolve_data(None, tc, "test")
     settings = ExplainSettings(num_images=num_images, steps=4, ig_steps=8)
