@@ -45,6 +45,8 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from tcpa_core.model import PromptedViT
+
 from .base import Explanation, ExplanationError, Target, model_device, resolve_target
 
 Fill = Literal["blur", "mean"]
@@ -122,7 +124,9 @@ def _scores(model: nn.Module, images: torch.Tensor, target: torch.Tensor, batch_
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            logits = model(images[start:start + batch_size]).float()
+            batch = images[start:start + batch_size]
+            # A PromptedViT computes only the class-token row of its last block (all the head reads).
+            logits = (model.logits_from(model.embed(batch)) if isinstance(model, PromptedViT) else model(batch)).float()
             out.append(logits.softmax(-1).gather(1, target[start:start + batch_size, None])[:, 0])
     return torch.cat(out) if out else images.new_zeros(0)
 
