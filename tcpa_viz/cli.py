@@ -582,8 +582,8 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", type=_path_text, metavar="DIR")
     p.add_argument("--methods", type=_method_list, default=list(DEMO_METHODS),
                    help=f"comma-separated methods (default {','.join(DEMO_METHODS)})")
-    p.add_argument("--epochs", type=POSITIVE, default=6,
-                   help="epochs per method (default 6, so that the whole demo fits in 5 minutes on 2 cores; "
+    p.add_argument("--epochs", type=POSITIVE, default=5,
+                   help="epochs per method (default 5, so that the whole demo fits in 5 minutes on 2 cores; "
                         "10 reproduces the results of the release before)")
     p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--lr", type=_number(0.0, strict=True), default=5e-3)
