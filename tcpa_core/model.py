@@ -276,8 +276,10 @@ class PromptedViT(nn.Module):
         ``head_from_tokens(run_blocks(x, start)[0])``. When the head reads the class token alone
         (``global_pool='token'``), the last block computes only that row where the method can
         (:meth:`PromptMethod.head_rows`): the batched reruns of interventions use this."""
+        from .capture import check_layer
+
         bb = self.backbone
-        first, last = range(self.depth)[start], self.depth - 1
+        first, last = check_layer(start, self.depth, "logits_from(start)", PromptConfigError), self.depth - 1
         if bb.global_pool != "token" or getattr(bb, "attn_pool", None) is not None or not self.num_prefix:
             return self.head_from_tokens(self.run_blocks(x, first)[0])
         x = self.run_blocks(x, first, last)[0]

@@ -414,3 +414,9 @@ def test_logits_from_the_class_token_row_equal_the_full_rerun(edit, variant):
         full = model.head_from_tokens(model.run_blocks(stream, 1)[0])
         torch.testing.assert_close(model.logits_from(stream, 1), full, atol=1e-5, rtol=0)
         torch.testing.assert_close(model.logits_from(model.embed(images)), model(images), atol=1e-5, rtol=0)
+
+
+def test_logits_from_refuses_a_block_that_does_not_exist():
+    model, images = _model()
+    with torch.no_grad(), pytest.raises(PromptConfigError, match="block 2 is out of range"):
+        model.logits_from(model.embed(images), 2)
