@@ -561,11 +561,18 @@ def _demo_in(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def comma_choices(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    """The comma-separated names of ``text``, each one of ``allowed`` (the body of an argparse ``type``);
+    ``what`` names them in the error, e.g. ``"method(s)"``."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown or text!r}; choose from {', '.join(allowed)}")
+    return values
+
+
 def _method_list(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}")
+    methods = comma_choices(text, METHODS, "method(s)")
     twice = sorted({m for m in methods if methods.count(m) > 1})
     if twice:
         raise argparse.ArgumentTypeError(f"method(s) {', '.join(twice)} listed more than once")

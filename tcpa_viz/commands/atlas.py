@@ -14,7 +14,7 @@ from typing import Any
 from tcpa_core.distributed import is_main_process
 from tcpa_core.errors import DatasetError
 
-from ..cli import _add_data_args, _dataset_spec, _open_split, _say, _transforms, command
+from ..cli import _add_data_args, _dataset_spec, _open_split, _say, _transforms, comma_choices, command
 from ..models import resolve_checkpoint
 
 
@@ -36,11 +36,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _formats(text: str) -> list[str]:
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("png", "pdf", "svg", "html")]
-    if not formats or bad:
-        raise argparse.ArgumentTypeError(f"unknown figure format(s) {bad or text!r}; choose from png, pdf, svg, html")
-    return formats
+    return comma_choices(text.lower(), ("png", "pdf", "svg", "html"), "figure format(s)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -100,10 +96,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _mode_list(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    if not modes or any(m not in ("mask", "remove") for m in modes):
-        raise argparse.ArgumentTypeError(f"modes are mask and/or remove, got {text!r}")
-    return modes
+    return comma_choices(text, ("mask", "remove"), "mode(s)")
 
 
 @command

@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import _say, command
+from ..cli import _say, comma_choices, command
 from ..explainers import list_explainers
 from ..explainers.report import ExplainSettings, explain_report
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in list_explainers()]
-    if not methods or unknown:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown or text!r}; choose from "
-                                         f"{', '.join(list_explainers())}")
-    return methods
+    return tuple(comma_choices(text, list_explainers(), "method(s)"))
 
 
 def _positive(text: str) -> int:
