@@ -41,7 +41,8 @@ STILL = """() => new Promise(done => {
 _CHART = "document.querySelector(`.st-key-${key} .js-plotly-plot`)"
 _POINT = f"""([key, trace, point]) => {{
   const gd = {_CHART};
-  const data = gd._fullData[trace];
+  const data = trace === null ? gd._fullData.find(d => d.type === 'scatter' && d.mode === 'markers' && d.customdata)
+                              : gd._fullData[trace];
   const xa = gd._fullLayout[data.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[data.yaxis.replace('y', 'yaxis')];
   const box = gd.getBoundingClientRect();
   const x = box.left + xa._offset + xa.l2p(data.x[point]), y = box.top + ya._offset + ya.l2p(data.y[point]);
@@ -73,8 +74,9 @@ def chart_ready(page: Any, chart_key: str, timeout_ms: int = 60_000) -> None:
     settle(page, timeout_ms=timeout_ms)
 
 
-def point_position(page: Any, chart_key: str, trace: int, point: int) -> dict[str, Any]:
-    """Page coordinates ``{x, y}``, the custom data of point ``point`` of trace ``trace`` in the plotly chart
+def point_position(page: Any, chart_key: str, trace: int | None, point: int) -> dict[str, Any]:
+    """Page coordinates ``{x, y}``, the custom data of point ``point`` of trace ``trace`` (``None``: the first
+    marker trace with custom data, the patch markers of a patch chart) in the plotly chart
     drawn with key ``chart_key`` (from plotly's own axis mapping, so it follows zoom and layout) and whether the
     chart is the element at those coordinates (``on_chart``)."""
     return page.evaluate(_POINT, [chart_key, trace, point])
@@ -84,7 +86,7 @@ RETRIES: list[str] = []
 """Clicks that had to be repeated (what was expected), for the benchmark's report."""
 
 
-def click_point(page: Any, chart_key: str, trace: int, point: int, text: str, tries: int = 3,
+def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: str, tries: int = 3,
                 sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
     """Click point ``point`` of trace ``trace`` of the chart ``chart_key`` until ``text`` appears and the rerun
     has finished; returns the point (see :func:`point_position`).
@@ -113,11 +115,10 @@ def click_point(page: Any, chart_key: str, trace: int, point: int, text: str, tr
     raise AssertionError(f"no click on {chart_key} showed {text!r}")
 
 
-def click_patch_marker(page: Any, chart_key: str, trace: int, row: int, col: int, grid_width: int,
-                       text: str) -> None:
-    """Click the invisible marker of patch ``(row, col)`` (trace ``trace`` holds one marker per patch) until
-    ``text`` shows."""
-    click_point(page, chart_key, trace, row * grid_width + col, text)
+def click_patch_marker(page: Any, chart_key: str, row: int, col: int, grid_width: int, text: str) -> None:
+    """Click the invisible marker of patch ``(row, col)`` of a patch chart (its first marker trace with custom
+    data holds one marker per patch, row-major) until ``text`` shows."""
+    click_point(page, chart_key, None, row * grid_width + col, text)
 
 
 def choose_view(page: Any, label: str) -> None:

@@ -7,14 +7,16 @@ of one token's prompt choices, the image coloured by selected prompt, and the TC
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from tcpa_viz import as_rgb_uint8
-from tcpa_viz.colors import categorical_colors
+from tcpa_viz import as_rgb_uint8, overlay_on_image
+from tcpa_viz.colors import categorical_colors, plotly_colorscale
 from tcpa_viz.heatmap import group_ticks
 
 if TYPE_CHECKING:
@@ -56,17 +58,15 @@ def image_grid_figure(display: np.ndarray, grid_size: tuple[int, int], selected:
     box_x = [c * dx - 0.5, (c + 1) * dx - 0.5, (c + 1) * dx - 0.5, c * dx - 0.5, c * dx - 0.5]
     box_y = [r * dy - 0.5, r * dy - 0.5, (r + 1) * dy - 0.5, (r + 1) * dy - 0.5, r * dy - 0.5]
     data = [
-        go.Image(z=img, hoverinfo="skip"),
-        go.Scatter(x=line_x, y=line_y, mode="lines", line=dict(color="rgba(255,255,255,0.55)", width=1),
-                   hoverinfo="skip", showlegend=False),
-        go.Scatter(x=box_x, y=box_y, mode="lines", line=dict(color=SELECTED_COLOUR, width=3), hoverinfo="skip",
-                   showlegend=False),
-        go.Scatter(
-            x=((cols + 0.5) * dx - 0.5).ravel(), y=((rows + 0.5) * dy - 0.5).ravel(), mode="markers",
-            marker=dict(symbol="square", size=max(6, min(40, int(360 / max(h, w)))), opacity=0.01, color="white"),
-            customdata=patch_customdata(h, w), showlegend=False,
-            hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>",
-        ),
+        dict(type="image", source=png_data_uri(img), hoverinfo="skip"),
+        dict(type="scatter", x=line_x, y=line_y, mode="lines", line=dict(color="rgba(255,255,255,0.55)", width=1),
+             hoverinfo="skip", showlegend=False),
+        dict(type="scatter", x=box_x, y=box_y, mode="lines", line=dict(color=SELECTED_COLOUR, width=3),
+             hoverinfo="skip", showlegend=False),
+        dict(type="scatter", x=((cols + 0.5) * dx - 0.5).ravel(), y=((rows + 0.5) * dy - 0.5).ravel(),
+             mode="markers", customdata=patch_customdata(h, w), showlegend=False,
+             marker=dict(symbol="square", size=max(6, min(40, int(360 / max(h, w)))), opacity=0.01, color="white"),
+             hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>"),
     ]
     layout = dict(
         title=dict(text=title), height=420, margin=dict(l=5, r=5, t=40, b=5), dragmode=False,
@@ -327,20 +327,63 @@ def prompt_share_figure(tcpa_entries: list[tuple[str, float]], baseline_entries:
 
 
 # ------------------------------------------------------------------------------------------ overlays
-def _patch_markers(h: int, w: int) -> go.Scatter:
-    """Invisible markers on every patch centre; a click reports ``(row, col, h, w)`` as the point's custom
-    data."""
+def png_data_uri(rgb: np.ndarray) -> str:
+    """``data:image/png;base64,...`` of a ``uint8 [H, W, 3]`` image.
+
+    Charts show images as such a source: the browser decodes a PNG natively, while an image given as a pixel
+    array (plotly's ``z``) is painted by plotly pixel by pixel on every redraw, several times slower."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def patch_image_trace(rgb: np.ndarray, grid_size: tuple[int, int], axis: str = "") -> dict[str, object]:
+    """An image trace of ``rgb [H, W, 3]`` placed in patch units (patch ``(r, c)`` centred at ``x=c, y=r``)
+    on the axes ``x{axis}``/``y{axis}``, drawn with crisp pixels."""
+    height, width = rgb.shape[:2]
+    h, w = grid_size
+    return dict(type="image", source=png_data_uri(rgb), x0=0.5 * w / width - 0.5, dx=w / width,
+                y0=0.5 * h / height - 0.5, dy=h / height, xaxis=f"x{axis}", yaxis=f"y{axis}", hoverinfo="skip")
+
+
+def colour_bar(cmap: str, zmin: float, zmax: float, title: str, axis: str, left: float
+               ) -> tuple[dict[str, object], dict[str, object], dict[str, object]]:
+    """``(trace, x axis, y axis)`` of a colour bar for maps drawn as pre-coloured images: a one-column heatmap of
+    matplotlib colormap ``cmap`` from ``zmin`` (bottom) to ``zmax`` on its own narrow axes ``x{axis}``/
+    ``y{axis}`` at paper position ``left``, with the value ticks on the right.
+
+    Plotly's own colour bars (one per trace that colours its data in the browser) cost about as much to draw
+    as the three image panels they would describe."""
+    values = np.linspace(zmin, zmax, 128)
+    trace = dict(type="heatmap", z=values[:, None], x=[0], y=values, zmin=zmin, zmax=zmax, showscale=False,
+                 colorscale=plotly_colorscale(cmap), xaxis=f"x{axis}", yaxis=f"y{axis}", hoverinfo="skip")
+    x_axis = dict(domain=[left, left + 0.012], visible=False, anchor=f"y{axis}", fixedrange=True)
+    y_axis = dict(domain=[0.1, 0.9], range=[zmin, zmax], anchor=f"x{axis}", side="right", ticks="outside",
+                  showgrid=False, zeroline=False, tickfont=dict(size=10), fixedrange=True, nticks=6,
+                  title=dict(text=title, font=dict(size=11)))
+    return trace, x_axis, y_axis
+
+
+def patch_markers(grid: np.ndarray, name: str, value_format: str, axis: str = "") -> dict[str, object]:
+    """Invisible markers on every patch centre of ``grid [h, w]``; a click reports ``(row, col, h, w)`` as the
+    point's custom data (its fifth value is the patch's value, shown on hover as ``name``)."""
+    h, w = grid.shape
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return go.Scatter(x=cols.ravel(), y=rows.ravel(), mode="markers", showlegend=False,
-                      marker=dict(symbol="square", size=max(6, min(40, int(300 / max(h, w)))), opacity=0.01,
-                                  color="white"),
-                      customdata=patch_customdata(h, w),
-                      hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<extra></extra>")
+    custom = np.concatenate([patch_customdata(h, w), np.asarray(grid, dtype=np.float64).reshape(-1, 1)], axis=1)
+    return dict(type="scatter", x=cols.ravel(), y=rows.ravel(), mode="markers", showlegend=False,
+                xaxis=f"x{axis}", yaxis=f"y{axis}",
+                marker=dict(symbol="square", size=max(6, min(40, int(300 / max(h, w)))), opacity=0.01,
+                            color="white"),
+                customdata=custom,
+                hovertemplate=f"{name}<br>patch (%{{customdata[0]}}, %{{customdata[1]}}): "
+                              f"%{{customdata[4]:{value_format}}}<extra></extra>")
 
 
-def _box(row: int, col: int) -> dict[str, object]:
-    return dict(type="rect", x0=col - 0.5, x1=col + 0.5, y0=row - 0.5, y1=row + 0.5,
-                line=dict(color="#00e5ff", width=3))
+def _box(row: int, col: int, axis: str = "") -> dict[str, object]:
+    return dict(type="rect", x0=col - 0.5, x1=col + 0.5, y0=row - 0.5, y1=row + 0.5, xref=f"x{axis}",
+                yref=f"y{axis}", line=dict(color="#00e5ff", width=3))
 
 
 def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarray]], box: tuple[int, int] | None,
@@ -350,50 +393,47 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
 
     ``grids`` are ``(name, [h, w])``; axes are in patch units, so a click on any panel reports the patch
     ``(row, col)`` (custom data of invisible markers) and the picker of the Attention view uses it.
-    ``smooth=False`` draws blocky patches (the values as computed), ``True`` interpolates for display.
+    ``smooth=False`` draws blocky patches (the values as computed), ``True`` interpolates bilinearly for display.
+    Every panel is the image with its map blended in (60 % attention, 75 % difference) as one picture.
     """
-    from plotly.subplots import make_subplots
-
     img = as_rgb_uint8(display)
-    height, width = img.shape[:2]
     h, w = grids[0][1].shape
-    panels = list(grids)
-    with_diff = difference and len(grids) == 2
-    names = [n for n, _ in panels] + ([f"{grids[1][0]} minus {grids[0][0]}"] if with_diff else [])
-    spacing = 0.07 if with_diff else 0.03
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=spacing)
-    panel_width = (1 - spacing * (len(names) - 1)) / len(names)
     zmax = max(float(np.max(g)) for _, g in grids) or 1.0
-    zsmooth = "best" if smooth else False
-    background = dict(z=img, x0=0.5 * w / width - 0.5, dx=w / width, y0=0.5 * h / height - 0.5, dy=h / height,
-                      hoverinfo="skip")
-    for i, (name, grid) in enumerate(panels, start=1):
-        fig.add_trace(go.Image(**background), 1, i)
-        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=zmax, colorscale="Inferno", opacity=0.6, zsmooth=zsmooth,
-                                 showscale=i == len(panels),
-                                 colorbar=dict(title="share", len=0.8, thickness=10, xanchor="left",
-                                               x=len(panels) * (panel_width + spacing) - spacing + 0.005
-                                               if with_diff else 1.0),
-                                 hovertemplate=f"{name}<br>patch (%{{y}}, %{{x}}): %{{z:.4f}}<extra></extra>"), 1, i)
-        fig.add_trace(_patch_markers(h, w), 1, i)
-    if with_diff:
-        diff = grids[1][1] - grids[0][1]
+    panels = [(name, np.asarray(grid, dtype=np.float64), 0.0, zmax, "inferno", 0.6, ".4f") for name, grid in grids]
+    if difference and len(grids) == 2:
+        diff = panels[1][1] - panels[0][1]
         bound = float(np.max(np.abs(diff))) or 1.0
-        col = len(names)
-        fig.add_trace(go.Image(**background), 1, col)
-        fig.add_trace(go.Heatmap(z=diff, zmin=-bound, zmax=bound, colorscale="RdBu_r", opacity=0.75, zsmooth=zsmooth,
-                                 colorbar=dict(title="diff", x=1.02, len=0.8, thickness=10),
-                                 hovertemplate="patch (%{y}, %{x}): %{z:+.4f}<extra></extra>"), 1, col)
-        fig.add_trace(_patch_markers(h, w), 1, col)
-    for i in range(1, len(names) + 1):
-        suffix = "" if i == 1 else str(i)
-        fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], row=1, col=i)
-        fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{suffix}", row=1, col=i)
+        panels.append((f"{grids[1][0]} minus {grids[0][0]}", diff, -bound, bound, "RdBu_r", 0.75, "+.4f"))
+    count = len(panels)
+    spacing, right = (0.1, 0.07) if count == 3 else (0.03, 0.07)
+    width = (1 - right - spacing * (count - 1)) / count
+    interpolation = "bilinear" if smooth else "nearest"
+    data: list[dict[str, object]] = []
+    annotations, shapes = [], []
+    layout: dict[str, object] = {}
+    for i, (name, grid, lo, hi, cmap, alpha, value_format) in enumerate(panels):
+        axis = "" if i == 0 else str(i + 1)
+        left = i * (width + spacing)
+        layout[f"xaxis{axis}"] = dict(domain=[left, left + width], visible=False, range=[-0.5, w - 0.5],
+                                      anchor=f"y{axis}")
+        layout[f"yaxis{axis}"] = dict(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{axis}",
+                                      anchor=f"x{axis}")
+        shown = overlay_on_image(img, np.clip((grid - lo) / (hi - lo), 0.0, 1.0), cmap=cmap, alpha=alpha,
+                                 normalize="none", interpolation=interpolation)
+        data += [patch_image_trace(shown, (h, w), axis), patch_markers(grid, name, value_format, axis)]
+        annotations.append(dict(text=name, x=left + width / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
+                                yanchor="bottom", showarrow=False, font=dict(size=14)))
         if box is not None:
-            fig.add_shape(**_box(*box), row=1, col=i)
-    fig.update_layout(title=dict(text=title), height=400, margin=dict(l=5, r=40, t=70, b=5), dragmode=False,
-                      clickmode="event+select")
-    return fig
+            shapes.append(_box(*box, axis))
+    bars = [("inferno", 0.0, zmax, "share", len(grids) * (width + spacing) - spacing + 0.004)]
+    if count > len(grids):
+        bars.append(("RdBu_r", -panels[-1][3], panels[-1][3], "difference", 1 - right + 0.004))
+    for i, (cmap, lo, hi, name, left) in enumerate(bars, start=count + 1):
+        trace, layout[f"xaxis{i}"], layout[f"yaxis{i}"] = colour_bar(cmap, lo, hi, name, str(i), left)
+        data.append(trace)
+    layout.update(title=dict(text=title), height=400, margin=dict(l=5, r=5, t=70, b=5, autoexpand=False),
+                  dragmode=False, clickmode="event+select", annotations=annotations, shapes=shapes)
+    return go.Figure(data=data, layout=layout)
 
 
 def overlay_compare_matplotlib(display: np.ndarray, grids: list[tuple[str, np.ndarray]], box: tuple[int, int] | None,

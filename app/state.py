@@ -18,9 +18,9 @@ while the rerun is drawing cannot be copied back over it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import streamlit as st
 
@@ -40,6 +40,10 @@ GENERATIONS = "shared_generations"
 """Per shared value, how often it was set from outside its widget (see :func:`mirror_key`)."""
 REVISIONS = "chart_revisions"
 """Per clickable chart, the number of clicks handled (part of its figure, see :func:`chart_meta`)."""
+REMEMBERED = "remembered_values"
+"""Per name, the last ``(key, value)`` built by :func:`remembered`."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -291,3 +295,20 @@ def patch() -> tuple[int, int]:
 def layer() -> int:
     """The selected layer."""
     return int(st.session_state[LAYER])
+
+
+def remembered(name: str, key: Hashable, build: Callable[[], T]) -> T:
+    """The value built for ``key`` when this session last asked for ``name``, or ``build()`` when the key
+    differs (one value per name is kept).
+
+    A chart whose inputs did not change is not rebuilt when something else reruns its page: a patch click
+    redraws the attention overlays but reuses the attention matrices of the same layer and head, and the
+    browser, sent the same chart again, keeps the one it has drawn.
+    """
+    store = st.session_state.setdefault(REMEMBERED, {})
+    held = store.get(name)
+    if held is not None and held[0] == key:
+        return cast(T, held[1])
+    value = build()
+    store[name] = (key, value)
+    return value

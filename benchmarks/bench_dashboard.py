@@ -110,7 +110,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
             layer = depth - 1
 
             def patch(view: str, chart: str, trace: int, text: str, r: int, c: int, warm_up: bool) -> None:
-                record(view, "patch click", timed(lambda: click_patch_marker(page, chart, trace, r, c, w, text)),
+                record(view, "patch click", timed(lambda: click_patch_marker(page, chart, r, c, w, text)),
                        warm_up)
 
             def layer_step(view: str, text: Callable[[int], str], warm_up: bool) -> None:
@@ -125,7 +125,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                 for i in range(rounds + 1):
                     r, c = PATCHES[i % len(PATCHES)]
                     r, c = r % h, c % w
-                    patch("selection", "grid_chart", 3, f"Selected patch ({r}, {c}) at layer {layer}", r, c, i == 0)
+                    patch("selection", "grid_chart", f"Selected patch ({r}, {c}) at layer {layer}", r, c, i == 0)
                 for i in range(rounds + 1):
                     layer_step("selection", lambda l: f"Selected patch ({r}, {c}) at layer {l}", i == 0)
                 choose_view(page, "Attention")
@@ -134,7 +134,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                     r, c = PATCHES[(i + 2) % len(PATCHES)]
                     r, c = r % h, c % w
                     text = f"Attention of patch ({r}, {c}) at layer {layer}"
-                    patch("attention", "att_overlay", 2, text, r, c, i == 0)
+                    patch("attention", "att_overlay", text, r, c, i == 0)
                 for i in range(rounds + 1):
                     layer_step("attention", lambda l: f"Attention of patch ({r}, {c}) at layer {l}", i == 0)
                 for i in range(rounds + 1):

@@ -3,7 +3,8 @@
 A grid map ``[h, w]`` covers the image evenly: patch ``(r, c)`` owns the pixel box
 ``x in [c*W/w, (c+1)*W/w)``, ``y in [r*H/h, (r+1)*H/h)`` for an ``H x W`` image, whatever the image size
 (it need not be a multiple of the grid, nor square). Upsampling is bilinear with ``align_corners=False``,
-so each patch's value sits at its box centre.
+so each patch's value sits at its box centre, or ``nearest``: every pixel takes the value of the patch that owns
+it (the map drawn as the blocks it was computed on).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .attention_maps import TokenAttention
 
 MapNormalization = Literal["minmax", "max", "none"]
+Interpolation = Literal["bilinear", "nearest"]
 
 
 def as_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -58,14 +60,23 @@ def as_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8))
 
 
-def upsample_map(grid_map: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly upsample ``[h, w]`` (or ``[batch, h, w]``) to ``size = (H, W)`` pixels, float32."""
+def upsample_map(grid_map: np.ndarray | torch.Tensor, size: tuple[int, int],
+                 interpolation: Interpolation = "bilinear") -> np.ndarray:
+    """Upsample ``[h, w]`` (or ``[batch, h, w]``) to ``size = (H, W)`` pixels, float32: ``bilinear``, or
+    ``nearest`` (pixel ``(y, x)`` takes the patch holding its centre: row ``floor((y + 0.5) h / H)``, column
+    ``floor((x + 0.5) w / W)``)."""
+    if interpolation not in ("bilinear", "nearest"):
+        raise AnalysisArgumentError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
     m = torch.as_tensor(to_numpy(grid_map), dtype=torch.float32)
     if m.ndim not in (2, 3):
         raise InputShapeError(f"expected a grid map [h, w] or [batch, h, w], got shape {tuple(m.shape)}")
     batched = m.ndim == 3
     m4 = m[:, None] if batched else m[None, None]
-    out = F.interpolate(m4, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    pixels = (int(size[0]), int(size[1]))
+    if interpolation == "bilinear":
+        out = F.interpolate(m4, size=pixels, mode="bilinear", align_corners=False)
+    else:
+        out = F.interpolate(m4, size=pixels, mode="nearest-exact")
     return (out[:, 0] if batched else out[0, 0]).numpy()
 
 
@@ -103,12 +114,14 @@ def overlay_on_image(
     cmap: str = "jet",
     alpha: float = 0.5,
     normalize: MapNormalization = "minmax",
+    interpolation: Interpolation = "bilinear",
 ) -> np.ndarray:
-    """Blend the colour-mapped, upsampled ``grid_map [h, w]`` over ``image``; returns ``uint8 [H, W, 3]``."""
+    """Blend the colour-mapped ``grid_map [h, w]``, upsampled by ``interpolation`` (see :func:`upsample_map`),
+    over ``image``; returns ``uint8 [H, W, 3]``. ``normalize="none"`` takes the map as already in ``[0, 1]``."""
     if not 0.0 <= alpha <= 1.0:
         raise AnalysisArgumentError(f"alpha must be in [0, 1], got {alpha}")
     img = as_rgb_uint8(image)
-    heat = normalize_map(upsample_map(grid_map, img.shape[:2]), normalize)
+    heat = normalize_map(upsample_map(grid_map, img.shape[:2], interpolation), normalize)
     colours = get_cmap(cmap)(heat)[..., :3] * 255.0
     blended = (1.0 - alpha) * img.astype(np.float64) + alpha * colours
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

@@ -793,3 +793,67 @@ def test_a_stale_widget_value_does_not_undo_a_click() -> None:
     finally:
         for name in (*names, "patch_col", "w_patch_row", "w_patch_row_1"):
             st.session_state.pop(name, None)
+
+
+# ------------------------------------------------------------------------------------------ figures drawn as pictures
+def decoded(source: str) -> Any:
+    """The ``uint8 [H, W, 3]`` pixels of a ``data:image/png;base64,...`` source."""
+    import base64
+
+    import numpy as np
+
+    assert source.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_overlay_panels_are_the_blended_maps(smooth: bool) -> None:
+    import matplotlib
+    import numpy as np
+    import torch.nn.functional as F
+
+    figures = app_module("app.figures")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(36, 24, 3), dtype=np.uint8)
+    base, tcpa = rng.random((6, 4)) * 0.02, rng.random((6, 4)) * 0.03
+    fig = figures.overlay_compare_figure(image, [("Baseline", base), ("TCPA", tcpa)], (2, 1), smooth, "t")
+    pictures = [t for t in fig.data if t.type == "image"]
+    markers = [t for t in fig.data if t.type == "scatter" and t.customdata is not None]
+    assert len(pictures) == 3 and len(markers) == 3
+    zmax = float(tcpa.max())
+    diff = tcpa - base
+    bound = float(np.abs(diff).max())
+    for trace, grid, lo, hi, cmap, alpha in ((pictures[0], base, 0.0, zmax, "inferno", 0.6),
+                                            (pictures[1], tcpa, 0.0, zmax, "inferno", 0.6),
+                                            (pictures[2], diff, -bound, bound, "RdBu_r", 0.75)):
+        scaled = torch.tensor((grid - lo) / (hi - lo), dtype=torch.float32)[None, None]
+        if smooth:
+            up = F.interpolate(scaled, size=(36, 24), mode="bilinear", align_corners=False)[0, 0].numpy()
+        else:
+            up = np.repeat(np.repeat(scaled[0, 0].numpy(), 6, axis=0), 6, axis=1)
+        colours = matplotlib.colormaps[cmap](np.clip(up, 0, 1))[..., :3] * 255
+        want = np.round((1 - alpha) * image + alpha * colours)
+        assert np.abs(decoded(trace.source).astype(int) - want.astype(int)).max() <= 1
+        assert (trace.x0, trace.dx, trace.y0, trace.dy) == (4 / 24 / 2 - 0.5, 4 / 24, 6 / 36 / 2 - 0.5, 6 / 36)
+    for trace, grid in zip(markers, (base, tcpa, diff), strict=True):
+        custom = np.asarray(trace.customdata)
+        assert custom.shape == (24, 5) and custom[4 * 1 + 3, :4].tolist() == [1, 3, 6, 4]
+        np.testing.assert_allclose(custom[:, 4], grid.ravel())
+    bars = [t for t in fig.data if t.type == "heatmap"]
+    assert [(float(min(t.y)), float(max(t.y))) for t in bars] == [(0.0, zmax), (-bound, bound)]
+
+
+def test_remembered_builds_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = app_module("app.state")
+    monkeypatch.setattr(state.st, "session_state", {})
+    built: list[int] = []
+
+    def build(value: int) -> Any:
+        built.append(value)
+        return {"value": value}
+
+    first = state.remembered("chart", ("a", 1), lambda: build(1))
+    assert state.remembered("chart", ("a", 1), lambda: build(2)) is first
+    assert state.remembered("chart", ("a", 2), lambda: build(3)) == {"value": 3}
+    assert state.remembered("other", ("a", 2), lambda: build(4)) == {"value": 4}
+    assert built == [1, 3, 4]

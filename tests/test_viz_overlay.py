@@ -57,6 +57,21 @@ def test_batched_upsampling_matches_single():
     np.testing.assert_allclose(up[1], upsample_map(maps[1], (20, 33)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("image_size", [(48, 72), (50, 90), (37, 53)])
+def test_nearest_upsampling_gives_every_pixel_its_owning_patch(image_size):
+    grid = np.arange(24, dtype=np.float32).reshape(4, 6)
+    up = upsample_map(grid, image_size, interpolation="nearest")
+    owner = np.full(image_size, -1.0)
+    for (row, col), value in np.ndenumerate(grid):
+        x0, y0, x1, y1 = patch_box((4, 6), image_size, row, col)
+        ys, xs = np.arange(image_size[0]) + 0.5, np.arange(image_size[1]) + 0.5
+        inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+        owner[inside] = value
+    np.testing.assert_array_equal(up, owner)
+    with pytest.raises(ValueError, match="interpolation"):
+        upsample_map(grid, image_size, interpolation="cubic")
+
+
 def test_overlay_alpha_extremes_and_dtype():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(50, 90, 3), dtype=np.uint8)

@@ -24,7 +24,7 @@ from app.figures import (
 from app.loading.explain import DELETION_STEPS, ImageExplanation, explain_image
 from app.views.registry import ImageContext, register_view
 from app.widgets import CHART_CONFIG, head_options, head_text, layer_slider, parse_heads, patch_inputs
-from tcpa_core import TCPAError
+from tcpa_core import TCPAError, TokenLayout
 from tcpa_viz import (
     default_surface_queries,
     list_explainers,
@@ -114,12 +114,15 @@ def body(ctx: ImageContext) -> None:
                                           default="matrix")
     log = controls[1].toggle("Log scale", key="att_log", persist_state="page", help="log10 of the matrix weights")
     if panel == "matrix":
-        panels = [(f"{role} ({lm.label})", _reduce(cap.batch_attention(layer, raw=raw)[0].numpy(), heads), cap.layout)
-                  for role, lm, cap in models]
+        def matrices() -> list[tuple[str, np.ndarray, TokenLayout]]:
+            return [(f"{role} ({lm.label})", _reduce(cap.batch_attention(layer, raw=raw)[0].numpy(), heads),
+                     cap.layout) for role, lm, cap in models]
+
         mx_title = f"attention matrices ({tag})"
-        fig = matrix_figure(panels, mx_title, log)
+        fig = state.remembered("att_matrix", (tuple(lm.key for _, lm, _ in models), image.key, mx_title, log),
+                               lambda: matrix_figure(matrices(), mx_title, log))
         st.plotly_chart(fig, key="att_matrix", config=CHART_CONFIG)
-        figures.append(ExportFigure("attention matrices", fig, lambda: matrix_matplotlib(panels, mx_title, log)))
+        figures.append(ExportFigure("attention matrices", fig, lambda: matrix_matplotlib(matrices(), mx_title, log)))
     elif panel == "mask":
         cap = ctx.tcpa_capture
         mask = cap.mask[layer].numpy()
