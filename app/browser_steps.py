@@ -10,6 +10,7 @@ the page shows no sign of having received it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 _CHARTS_READY = """() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).every(c => {
@@ -89,12 +90,15 @@ RETRIES: list[str] = []
 def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: str, tries: int = 3,
                 sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
     """Click point ``point`` of trace ``trace`` of the chart ``chart_key`` until ``text`` appears and the rerun
-    has finished; returns the point (see :func:`point_position`).
+    has finished; returns the point (see :func:`point_position`) with ``clicked_at``, the
+    ``time.perf_counter()`` of the first click (a latency runs from there: the waits before it, for the chart to
+    be ready, are not the user's).
 
     Each try waits for the chart to be ready, computes the point's position anew and clicks; when within
     ``sign_ms`` the page shows no sign of the click (see ``_RECEIVED``), the click was lost and is repeated
     (at most ``tries`` times, each recorded in :data:`RETRIES`).
     """
+    clicked_at = None
     for attempt in range(tries):
         chart_ready(page, chart_key, timeout_ms)
         at = point_position(page, chart_key, trace, point)
@@ -102,6 +106,7 @@ def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: 
             raise AssertionError(f"point {point} of trace {trace} of {chart_key} is not on the chart: {at}")
         before = page.evaluate(_REVISION, chart_key)
         page.mouse.move(at["x"], at["y"])
+        clicked_at = time.perf_counter() if clicked_at is None else clicked_at
         page.mouse.click(at["x"], at["y"])
         try:
             page.wait_for_function(_RECEIVED, arg=[text, chart_key, before], timeout=sign_ms)
@@ -111,14 +116,14 @@ def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: 
             RETRIES.append(text)
             continue
         settle(page, text, timeout_ms)
-        return at
+        return {**at, "clicked_at": clicked_at}
     raise AssertionError(f"no click on {chart_key} showed {text!r}")
 
 
-def click_patch_marker(page: Any, chart_key: str, row: int, col: int, grid_width: int, text: str) -> None:
+def click_patch_marker(page: Any, chart_key: str, row: int, col: int, grid_width: int, text: str) -> dict[str, Any]:
     """Click the invisible marker of patch ``(row, col)`` of a patch chart (its first marker trace with custom
-    data holds one marker per patch, row-major) until ``text`` shows."""
-    click_point(page, chart_key, None, row * grid_width + col, text)
+    data holds one marker per patch, row-major) until ``text`` shows; returns what :func:`click_point` does."""
+    return click_point(page, chart_key, None, row * grid_width + col, text)
 
 
 def choose_view(page: Any, label: str) -> None:

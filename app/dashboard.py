@@ -148,7 +148,7 @@ def main() -> None:
     import streamlit as st
 
     from app import loading, sidebar, state
-    from app.views import ImageContext, PageContext, get_view
+    from app.views import ImageContext, ImagePageContext, PageContext, get_view
     from tcpa_viz.models import read_demo_summary
 
     st.set_page_config(page_title="tcpa-viz dashboard", layout="wide")
@@ -198,6 +198,10 @@ def main() -> None:
     state.show_notes()
     image = current_image(tcpa, dataset, data_key)
     if image is None:
+        return
+    if not view.needs_capture:
+        view.render(ImagePageContext(tcpa=tcpa, baseline=baseline, entries=entries, summary=summary, dataset=dataset,
+                                     data_key=data_key, image=image, demo_dir=demo_dir))
         return
 
     captures = []

@@ -225,6 +225,27 @@ def test_every_view_runs(app: AppTest) -> None:
     assert list(table.loc["test accuracy"]) == ["20.00 %", "25.00 %"]
 
 
+def test_features_view_runs_no_forward_pass_on_the_image(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changing the image on the t-SNE page runs no model on it; the next page that shows the image does."""
+    loading = app_module("app.loading")
+    captured: list[str] = []
+    original = loading.capture_image
+
+    def recording(*args: Any) -> Any:
+        captured.append(args[1])
+        return original(*args)
+
+    monkeypatch.setattr(loading, "capture_image", recording)
+    app.radio(key="view").set_value("features").run()
+    app.number_input(key="tsne_count").set_value(30).run()
+    app.button(key="tsne_run").click().run()
+    app.number_input(key="image_index").set_value(7).run()
+    assert not app.exception and not app.error
+    assert captured == []
+    app.radio(key="view").set_value("selection").run()
+    assert len(captured) == 2 and all(key.endswith("#7") for key in captured)
+
+
 def entries(values: list[int]) -> str:
     """The selection line's bold list of image-pool entries."""
     return "**" + ", ".join(f"img {v}" for v in values) + "**"

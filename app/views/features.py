@@ -1,6 +1,8 @@
 """Features page: t-SNE of the pre-logits features of both models on a class-stratified test sample, linked
 to the images: a click on a point makes that test image the current one (every view follows); the current
-image is ringed and misclassified points are crosses. Cluster numbers and per-class accuracy below, each defined."""
+image is ringed and misclassified points are crosses. Cluster numbers and per-class accuracy below, each defined.
+The page runs no forward pass on the current image (its predictions come from the embedded sample), so a click on
+a point costs only the redraw."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from app import state
 from app.export import ExportFigure, export_bar
 from app.figures import tsne_figure
 from app.loading import dataset_labels, stratified_indices, tsne
-from app.views.registry import ImageContext, register_view
+from app.views.registry import ImagePageContext, register_view
 from app.widgets import CHART_CONFIG
 from tcpa_viz import plot_tsne_matplotlib
 
@@ -32,8 +34,8 @@ METRICS = {
 }
 
 
-@register_view("features", "Features (t-SNE)", order=30)
-def render(ctx: ImageContext) -> None:
+@register_view("features", "Features (t-SNE)", order=30, needs_capture=False)
+def render(ctx: ImagePageContext) -> None:
     """Draw the t-SNE page (computed on request, then cached)."""
     st.subheader("Features: t-SNE of the pre-logits features")
     if ctx.dataset is None:
@@ -62,12 +64,13 @@ def render(ctx: ImageContext) -> None:
     current = None
     if ctx.image.label is not None and ctx.image.name.startswith("test image "):
         current = int(ctx.image.name.rsplit(" ", 1)[1])
-    models = ctx.models()
+    models = ctx.compared()
     names = ctx.model.class_names
     figures: list[ExportFigure] = []
     rows, per_class = {}, {}
+    predicted = []
     columns = st.columns([1] * len(models) + [0.45])
-    for column, (role, lm, _) in zip(columns, models, strict=False):
+    for column, (role, lm) in zip(columns, models, strict=False):
         with column, st.spinner(f"t-SNE of {lm.info.label}..."):
             result, preds = tsne(lm.key, ctx.data_key, key, perplexity, lm, ctx.dataset)
             labels = np.asarray(result.labels)
@@ -84,9 +87,14 @@ def render(ctx: ImageContext) -> None:
             rows[label]["accuracy on the sample"] = float(np.mean(preds == labels))
             per_class[label] = {names[c] if c < len(names) else str(c): float(np.mean(preds[labels == c] == c))
                                 for c in np.unique(labels)}
+            if current is not None and current in key:
+                guess = int(preds[key.index(current)])
+                predicted.append(f"{role} predicts {names[guess] if guess < len(names) else guess}")
     with columns[-1]:
-        st.image(ctx.image.display, caption=f"current: {ctx.image.name} (click a point to change it)",
-                 width="stretch")
+        label = ctx.image.label
+        truth = f", label {names[label]}" if label is not None and label < len(names) else ""
+        st.image(ctx.image.display, caption=f"current: {ctx.image.name}{truth} (click a point to change it)"
+                 + "".join(f"; {p}" for p in predicted), width="stretch")
     st.dataframe(pd.DataFrame(rows).round(3), width="stretch")
     table = pd.DataFrame(per_class)
     table.index.name = "class"

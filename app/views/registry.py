@@ -35,18 +35,34 @@ class PageContext:
 
 
 @dataclass
-class ImageContext(PageContext):
-    """A page about the current image: both models' captures of it (the baseline's is ``None`` when absent)."""
+class ImagePageContext(PageContext):
+    """A page about the current image that does not need the models' captures of it (no forward pass is run
+    for such a page)."""
 
     image: PreparedImage
-    tcpa_capture: ImageCapture
-    baseline_capture: ImageCapture | None
 
     @property
     def model(self) -> DashboardModel:
         """The TCPA model (always loaded for an image page)."""
         assert self.tcpa is not None
         return self.tcpa
+
+    def compared(self) -> list[tuple[str, DashboardModel]]:
+        """``(role, model)`` for the baseline (when loaded) and the TCPA model, in that order."""
+        return [*([("Baseline", self.baseline)] if self.baseline is not None else []), ("TCPA", self.model)]
+
+    @property
+    def stem(self) -> str:
+        """File-name stem for exports (the image's name)."""
+        return self.image.name.replace(" ", "_")
+
+
+@dataclass
+class ImageContext(ImagePageContext):
+    """A page about the current image: both models' captures of it (the baseline's is ``None`` when absent)."""
+
+    tcpa_capture: ImageCapture
+    baseline_capture: ImageCapture | None
 
     def models(self) -> list[tuple[str, DashboardModel, ImageCapture]]:
         """``(role, model, capture)`` for the baseline (when chosen) and the TCPA model, in that order."""
@@ -56,34 +72,32 @@ class ImageContext(PageContext):
         out.append(("TCPA", self.model, self.tcpa_capture))
         return out
 
-    @property
-    def stem(self) -> str:
-        """File-name stem for exports (the image's name)."""
-        return self.image.name.replace(" ", "_")
-
 
 @dataclass(frozen=True)
 class View:
-    """A registered page: ``name`` (stable id, the sidebar's value), ``label`` (shown), ``render`` and whether it
-    needs the current image (``render`` then gets an :class:`ImageContext`, else a :class:`PageContext`)."""
+    """A registered page: ``name`` (stable id, the sidebar's value), ``label`` (shown), ``render``, whether it
+    needs the current image and whether it needs the models' captures of it (``render`` then gets an
+    :class:`ImageContext`; an image without captures an :class:`ImagePageContext`; else a :class:`PageContext`)."""
 
     name: str
     label: str
     render: Callable[[Any], None]
     order: int
     needs_image: bool = True
+    needs_capture: bool = True
 
 
 VIEWS: dict[str, View] = {}
 
 
-def register_view(name: str, label: str, order: int, needs_image: bool = True
+def register_view(name: str, label: str, order: int, needs_image: bool = True, needs_capture: bool = True
                   ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
     """Decorator registering ``render`` as the page ``name``; a second registration of a name is an error."""
     def decorate(render: Callable[[Any], None]) -> Callable[[Any], None]:
         if name in VIEWS:
             raise ValueError(f"the dashboard view {name!r} is registered twice")
-        VIEWS[name] = View(name=name, label=label, render=render, order=order, needs_image=needs_image)
+        VIEWS[name] = View(name=name, label=label, render=render, order=order, needs_image=needs_image,
+                           needs_capture=needs_image and needs_capture)
         return render
     return decorate
 
