@@ -18,11 +18,16 @@ from matplotlib.figure import Figure
 
 @dataclass
 class ExportFigure:
-    """A figure of the current view: the plotly figure shown and a builder of its matplotlib twin."""
+    """A figure of the current view: the plotly figure shown (or a builder of it, for a view that shows the
+    figure another way) and a builder of its matplotlib twin."""
 
     name: str
-    plotly: go.Figure
+    plotly: go.Figure | Callable[[], go.Figure]
     matplotlib: Callable[[], Figure]
+
+    def plotly_figure(self) -> go.Figure:
+        """The plotly figure (built now when only its builder was given)."""
+        return self.plotly if isinstance(self.plotly, go.Figure) else self.plotly()
 
 
 def slug(text: str) -> str:
@@ -61,7 +66,7 @@ def export_bar(figures: list[ExportFigure], key: str, stem: str,
         columns[1].download_button("PNG", data=lambda: png_bytes(figure.matplotlib), file_name=f"{base}.png",
                                    mime="image/png", key=f"{key}_png", on_click="ignore",
                                    icon=":material/image:")
-        columns[2].download_button("HTML", data=lambda: html_text(figure.plotly), file_name=f"{base}.html",
+        columns[2].download_button("HTML", data=lambda: html_text(figure.plotly_figure()), file_name=f"{base}.html",
                                    mime="text/html", key=f"{key}_html", on_click="ignore",
                                    icon=":material/code:")
     for column, (label, (suffix, build)) in zip(columns[3:], (csv or {}).items(), strict=True):

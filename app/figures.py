@@ -11,12 +11,13 @@ import base64
 import io
 from typing import TYPE_CHECKING
 
+import matplotlib.colors as mcolors
 import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
 from tcpa_viz import as_rgb_uint8, overlay_on_image
-from tcpa_viz.colors import categorical_colors, plotly_colorscale
+from tcpa_viz.colors import categorical_colors, get_cmap, plotly_colorscale
 from tcpa_viz.heatmap import group_ticks
 
 if TYPE_CHECKING:
@@ -135,6 +136,37 @@ def selection_table_figure(assign: np.ndarray, pool_size: int, title: str, highl
     fig.update_layout(title=dict(text=title), height=max(260, 34 * ranks.shape[0] + 120),
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+
+def selection_table_html(assign: np.ndarray, pool_size: int, title: str, highlight: int | None = None,
+                         pool: str = "image") -> str:
+    """The table of :func:`selection_table_figure` as an HTML table (layers down, pool entries across, the rank
+    written in every chosen cell and shaded by it, the row ``highlight`` outlined; hovering a cell names it).
+
+    The page shows this table rather than the chart: the browser lays out a small table in a few
+    milliseconds, while a plotly heatmap with a text label per cell costs a chart redraw on every click."""
+    ranks = rank_matrix(assign, pool_size)
+    k = max(int(ranks.max()), 1)
+    strength = np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
+    cmap = get_cmap("Blues" if pool == "image" else "Reds")
+    short = "img" if pool == "image" else "cls"
+    cell = "padding:1px 3px;text-align:center;min-width:2.2em"
+    head = "".join(f"<th style='{cell};font-weight:normal;font-size:0.75em'>{short} {e}</th>" for e in range(pool_size))
+    rows = []
+    for layer, (ranked, shade) in enumerate(zip(ranks, strength, strict=True)):
+        outline = f"outline:2px solid {SELECTED_COLOUR};" if layer == highlight else ""
+        cells = []
+        for entry, (rank, value) in enumerate(zip(ranked, shade, strict=True)):
+            colour = mcolors.to_hex(cmap(0.15 + 0.85 * value)) if rank else "#ffffff"
+            text = "white" if value > 0.55 else "black"
+            tip = f"layer {layer}, {short} {entry}: " + (f"rank {rank}" if rank else "not selected")
+            cells.append(f"<td title='{tip}' style='{cell};background:{colour};color:{text}'>{rank or ''}</td>")
+        rows.append(f"<tr style='{outline}'><th style='{cell};font-weight:normal'>{layer}</th>{''.join(cells)}</tr>")
+    return (f"<div style='overflow-x:auto'><div style='font-weight:600;margin-bottom:4px'>{title}</div>"
+            "<table style='border-collapse:collapse;font-size:0.85em'>"
+            f"<tr><th style='{cell};font-weight:normal;font-size:0.75em'>layer</th>{head}</tr>{''.join(rows)}</table>"
+            f"<div style='font-size:0.8em;color:#555'>{pool}-pool entry across; a cell is the entry's rank in the "
+            "layer's top-k list (1 = most similar key), empty = not selected.</div></div>")
 
 
 def selection_table_matplotlib(assign: np.ndarray, pool_size: int, title: str, pool: str = "image") -> Figure:

@@ -411,7 +411,7 @@ def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.Monkey
     for figures, tables in shown.values():
         for figure in figures.values():
             assert export.png_bytes(figure.matplotlib, dpi=50).startswith(b"\x89PNG"), figure.name
-            assert export.html_text(figure.plotly).rstrip().endswith("</html>"), figure.name
+            assert export.html_text(figure.plotly_figure()).rstrip().endswith("</html>"), figure.name
         for _, build in tables.values():
             assert build().startswith(b"layer,image,token,query_index,pool,selected,label,prediction")
 
@@ -878,3 +878,21 @@ def test_remembered_builds_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None
     assert state.remembered("chart", ("a", 2), lambda: build(3)) == {"value": 3}
     assert state.remembered("other", ("a", 2), lambda: build(4)) == {"value": 4}
     assert built == [1, 3, 4]
+
+
+def test_selection_table_html_writes_every_rank() -> None:
+    import re
+
+    import numpy as np
+
+    figures = app_module("app.figures")
+    assign = [[4, 0, 2], [1, 4, 3]]
+    html = figures.selection_table_html(np.array(assign), 5, "t", highlight=1)
+    cells = re.findall(r"<td title='layer (\d), img (\d): ([^']*)'[^>]*>([^<]*)</td>", html)
+    assert len(cells) == 2 * 5
+    for layer, entry, tip, text in cells:
+        chosen = assign[int(layer)]
+        want = str(chosen.index(int(entry)) + 1) if int(entry) in chosen else ""
+        assert text == want and tip == (f"rank {want}" if want else "not selected")
+    rows = re.findall(r"<tr style='([^']*)'>", html)
+    assert ["outline" in r for r in rows] == [False, True]

@@ -26,6 +26,7 @@ from app.figures import (
     selection_map_figure,
     selection_map_matplotlib,
     selection_table_figure,
+    selection_table_html,
     selection_table_matplotlib,
 )
 from app.loading import ImageCapture, assignments_csv, batch_selection
@@ -138,19 +139,19 @@ def body(ctx: ImageContext) -> None:
     if panel == "patch":
         assign = cap.image_assign[:, patch_index]
         name = f"image prompts chosen by patch ({row}, {col})"
-        fig = selection_table_figure(assign, image_pool, f"{name}, per layer", highlight=layer)
-        st.plotly_chart(fig, key="sel_patch_table", config=CHART_CONFIG)
-        figures.append(ExportFigure("image prompts of the selected patch", fig,
+        st.html(selection_table_html(assign, image_pool, f"{name}, per layer", highlight=layer))
+        figures.append(ExportFigure("image prompts of the selected patch",
+                                    lambda: selection_table_figure(assign, image_pool, f"{name}, per layer", layer),
                                     lambda: selection_table_matplotlib(assign, image_pool, name)))
     elif panel == "cls":
         if cap.cls_assign is not None:
             cls_assign = cap.cls_assign
             cls_name = "CLS prompts chosen by the CLS token"
-            fig = selection_table_figure(cls_assign, cls_pool, f"{cls_name}, per layer", highlight=layer, pool="CLS")
-            st.plotly_chart(fig, key="sel_cls_table", config=CHART_CONFIG)
+            st.html(selection_table_html(cls_assign, cls_pool, f"{cls_name}, per layer", highlight=layer, pool="CLS"))
             st.caption(f"Layer {layer}: CLS prompts {', '.join(f'cls {int(e)}' for e in cls_assign[layer])}")
-            figures.append(ExportFigure(cls_name, fig,
-                                        lambda: selection_table_matplotlib(cls_assign, cls_pool, cls_name, "CLS")))
+            figures.append(ExportFigure(cls_name, lambda: selection_table_figure(
+                cls_assign, cls_pool, f"{cls_name}, per layer", layer, "CLS"),
+                lambda: selection_table_matplotlib(cls_assign, cls_pool, cls_name, "CLS")))
         else:
             st.info("This model has no CLS token, so there is no CLS-pool selection.")
     elif panel == "map":
