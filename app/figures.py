@@ -338,12 +338,12 @@ def heads_label(heads: str | int) -> str:
 
 # ------------------------------------------------------------------------------------------ prompt shares
 def prompt_share_figure(tcpa_entries: list[tuple[str, float]], baseline_entries: list[tuple[str, float]] | None,
-                        title: str, baseline_title: str = "") -> go.Figure:
+                        title: str, baseline_title: str = "", tcpa_title: str = "TCPA") -> go.Figure:
     """Bars of the attention share one query gives each prompt: TCPA's selected pool entries (``img 11``, in
     rank order) beside the baseline's prompts (``prompt 3``), on one shared y axis."""
     from plotly.subplots import make_subplots
 
-    panels = [("TCPA", tcpa_entries, "#1f77b4")]
+    panels = [(tcpa_title, tcpa_entries, "#1f77b4")]
     if baseline_entries is not None:
         panels.append((baseline_title or "baseline", baseline_entries, "#ff7f0e"))
     widths = [max(len(entries), 1) for _, entries, _ in panels]
@@ -356,6 +356,35 @@ def prompt_share_figure(tcpa_entries: list[tuple[str, float]], baseline_entries:
     fig.update_yaxes(title_text="attention share", row=1, col=1)
     fig.update_layout(title=dict(text=title), height=330, margin=dict(l=10, r=10, t=70, b=10), bargap=0.15)
     return fig
+
+
+def prompt_share_html(tcpa_entries: list[tuple[str, float]], baseline_entries: list[tuple[str, float]] | None,
+                      title: str, tcpa_title: str, baseline_title: str) -> str:
+    """The bars of :func:`prompt_share_figure` as HTML: one row per prompt (its label, a bar on the scale shared
+    by both models, the share written out), TCPA's selected entries in rank order beside the baseline's prompts.
+
+    Like :func:`selection_table_html`, the page draws this in a few milliseconds where a chart costs a redraw
+    on every click."""
+    panels = [(tcpa_title, tcpa_entries, "#1f77b4")]
+    if baseline_entries is not None:
+        panels.append((baseline_title, baseline_entries, "#ff7f0e"))
+    top = max((v for _, entries, _ in panels for _, v in entries), default=0.0) or 1.0
+    columns = []
+    for name, entries, colour in panels:
+        rows = "".join(
+            f"<div style='display:flex;align-items:center;gap:6px;height:1.3em' "
+            f"title='{label}: {value:.4f} of the row'>"
+            f"<span style='width:4.8em;text-align:right;font-size:0.85em'>{label}</span>"
+            f"<span style='flex:1;background:#f0f2f6'><span style='display:block;height:0.95em;"
+            f"width:{100 * max(value, 0.0) / top:.1f}%;background:{colour}'></span></span>"
+            f"<span style='width:4.2em;font-size:0.8em;font-variant-numeric:tabular-nums'>{value:.4f}</span></div>"
+            for label, value in entries)
+        columns.append(f"<div style='flex:1;min-width:14em'><div style='font-size:0.85em;color:#555;"
+                       f"margin-bottom:2px'>{name}</div>{rows or '<i>no prompts</i>'}</div>")
+    return (f"<div><div style='font-weight:600;margin-bottom:4px'>{title}</div>"
+            f"<div style='display:flex;gap:18px'>{''.join(columns)}</div>"
+            f"<div style='font-size:0.8em;color:#555'>Bar length: share of the query's attention row, one scale for "
+            f"both models (full bar = {top:.4f}).</div></div>")
 
 
 # ------------------------------------------------------------------------------------------ overlays

@@ -154,7 +154,8 @@ def test_main_view_renders_the_selection(app: AppTest) -> None:
     assert not app.error, [e.value for e in app.error]
     page = texts(app)
     assert "Selected patch (2, 2) at layer 1" in page
-    assert "TCPA: its 3 selected image prompts" in str(app.get("plotly_chart")[1].proto.spec)
+    shares = [h.proto.body for h in app.get("html") if "attention share of patch" in h.proto.body]
+    assert len(shares) == 1 and "TCPA: its 3 selected image prompts" in shares[0]
     assert "TCPA (tcpa/best) predicts" in page and "Baseline (vpt-deep/best) predicts" in page
     assert len(app.get("download_button")) >= 3
     assert not [b for b in app.button if b.key and b.key.startswith("patch_")], "no button per patch"
@@ -896,3 +897,16 @@ def test_selection_table_html_writes_every_rank() -> None:
         assert text == want and tip == (f"rank {want}" if want else "not selected")
     rows = re.findall(r"<tr style='([^']*)'>", html)
     assert ["outline" in r for r in rows] == [False, True]
+
+
+def test_prompt_share_html_draws_both_models_on_one_scale() -> None:
+    import re
+
+    figures = app_module("app.figures")
+    tcpa, base = [("img 3", 0.02), ("img 1", 0.005)], [("prompt 0", 0.04), ("prompt 1", 0.0)]
+    html = figures.prompt_share_html(tcpa, base, "t", "TCPA", "baseline")
+    bars = re.findall(r"title='([^:]+): ([0-9.]+) of the row'.*?width:([0-9.]+)%", html)
+    assert [(label, float(value)) for label, value, _ in bars] == [*tcpa, *base]
+    assert [float(width) for _, _, width in bars] == [50.0, 12.5, 100.0, 0.0]
+    assert "TCPA" in html and "baseline" in html
+    assert "baseline" not in figures.prompt_share_html(tcpa, None, "t", "TCPA", "baseline")

@@ -4,7 +4,8 @@ The image with its patch grid (click a patch, or use the row and column inputs),
 selected patch chose at the chosen layer with their attention share next to the baseline's attention to each of
 its prompts, and one lower panel at a time (the patch's choices per layer, the CLS token's, the image coloured
 by selected prompt, pool usage over a batch). Everything that depends on the patch or the layer is one
-``st.fragment``: changing them reruns only this page body, and at most three charts are drawn per rerun.
+``st.fragment``: changing them reruns only this page body. A patch click redraws one chart, the clickable image;
+the prompt shares and the rank tables are HTML, which the browser lays out in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.figures import (
     image_grid_matplotlib,
     key_labels,
     prompt_share_figure,
+    prompt_share_html,
     selection_map_figure,
     selection_map_matplotlib,
     selection_table_figure,
@@ -120,10 +122,10 @@ def body(ctx: ImageContext) -> None:
         base_shares = prompt_shares(base, layer, (row, col), None) if base is not None else None
         base_name = f"baseline {ctx.baseline.label}: all {len(base_shares)} prompts" if base_shares else "baseline"
         share_title = f"attention share of patch ({row}, {col}) to each prompt, layer {layer}, mean over heads"
-        fig = prompt_share_figure(tcpa_shares, base_shares, share_title, base_name)
-        fig.layout.annotations[0].text = f"TCPA: its {len(chosen)} selected image prompts (rank order)"
-        st.plotly_chart(fig, key="sel_shares", config=CHART_CONFIG)
-        figures.append(ExportFigure("prompt attention shares", fig, lambda: share_matplotlib(
+        tcpa_name = f"TCPA: its {len(chosen)} selected image prompts (rank order)"
+        st.html(prompt_share_html(tcpa_shares, base_shares, share_title, tcpa_name, base_name))
+        figures.append(ExportFigure("prompt attention shares", lambda: prompt_share_figure(
+            tcpa_shares, base_shares, share_title, base_name, tcpa_name), lambda: share_matplotlib(
             tcpa_shares, base_shares, share_title)))
         total = sum(v for _, v in tcpa_shares)
         line = f"TCPA gives its selected prompts {total:.3f} of this row"
