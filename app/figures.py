@@ -604,39 +604,52 @@ def matrix_matplotlib(panels: list[tuple[str, np.ndarray, TokenLayout]], title: 
 # ------------------------------------------------------------------------------------------ t-SNE
 def tsne_figure(embedding: np.ndarray, labels: np.ndarray, predictions: np.ndarray, indices: np.ndarray,
                 class_names: list[str], current: int | None, title: str) -> go.Figure:
-    """t-SNE scatter, one trace per class; misclassified points drawn as crosses, the current image as a
-    large ring. Every point carries its test-set index as custom data (a click loads that image)."""
-    classes = sorted({int(c) for c in labels})
-    colours = categorical_colors(max(classes) + 1 if classes else 1)
-    fig = go.Figure()
+    """t-SNE scatter coloured by class (:func:`tsne_class_colours`; the legend is :func:`tsne_legend_html`),
+    misclassified points drawn as crosses, the current image as a large ring. Every point carries
+    ``(test-set index, predicted class, true class)`` as custom data (a click loads that image).
+
+    All points are one trace: a trace per class costs the browser about as much again to draw as the points."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    colours = tsne_class_colours(labels)
     wrong = predictions != labels
-    for cls in classes:
-        sel = np.flatnonzero(labels == cls)
-        name = class_names[cls] if cls < len(class_names) else str(cls)
-        fig.add_trace(go.Scatter(
-            x=embedding[sel, 0], y=embedding[sel, 1], mode="markers", name=f"class {name}", showlegend=False,
-            legendgroup=f"c{cls}",
-            customdata=np.stack([indices[sel], predictions[sel]], axis=-1),
-            marker=dict(size=np.where(wrong[sel], 9, 6), color=colours[cls],
-                        symbol=np.where(wrong[sel], "x", "circle"), line=dict(width=0)),
-            hovertemplate=f"test image %{{customdata[0]}}<br>class {name}, predicted %{{customdata[1]}}"
-                          "<extra></extra>",
-        ))
-    for cls in classes:
-        name = class_names[cls] if cls < len(class_names) else str(cls)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"class {name}", legendgroup=f"c{cls}",
-                                 marker=dict(size=7, color=colours[cls], symbol="circle")))
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="misclassified",
-                             marker=dict(size=8, color="gray", symbol="x")))
+
+    def name(cls: int) -> str:
+        return class_names[cls] if cls < len(class_names) else str(cls)
+
+    custom = [[int(i), name(int(p)), name(int(t))] for i, p, t in zip(indices, predictions, labels, strict=True)]
+    data: list[dict[str, object]] = [dict(
+        type="scatter", x=embedding[:, 0], y=embedding[:, 1], mode="markers", showlegend=False, customdata=custom,
+        marker=dict(size=np.where(wrong, 9, 6), color=[colours[int(c)] for c in labels],
+                    symbol=np.where(wrong, "x", "circle"), line=dict(width=0)),
+        hovertemplate="test image %{customdata[0]}<br>class %{customdata[2]}, predicted %{customdata[1]}"
+                      "<extra></extra>",
+    )]
     if current is not None and current in set(indices.tolist()):
         at = int(np.flatnonzero(indices == current)[0])
-        fig.add_trace(go.Scatter(x=[embedding[at, 0]], y=[embedding[at, 1]], mode="markers", name="current image",
-                                 marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=3)),
-                                 hoverinfo="skip"))
-    fig.update_layout(title=dict(text=title), height=500, margin=dict(l=10, r=10, t=60, b=10),
-                      xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), clickmode="event+select",
-                      legend=dict(itemsizing="constant"), dragmode=False)
-    return fig
+        data.append(dict(type="scatter", x=[embedding[at, 0]], y=[embedding[at, 1]], mode="markers",
+                         showlegend=False, hoverinfo="skip",
+                         marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=3))))
+    layout = dict(title=dict(text=title), height=500, margin=dict(l=10, r=10, t=60, b=10),
+                  xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), clickmode="event+select",
+                  dragmode=False)
+    return go.Figure(data=data, layout=layout)
+
+
+def tsne_class_colours(labels: np.ndarray) -> list[str]:
+    """One colour per class index up to the largest label (the same in every t-SNE chart and its legend)."""
+    return categorical_colors(int(np.max(labels)) + 1 if len(labels) else 1)
+
+
+def tsne_legend_html(labels: np.ndarray, class_names: list[str]) -> str:
+    """The legend of :func:`tsne_figure` (shared by the charts of every model) as one line of HTML."""
+    colours = tsne_class_colours(labels)
+    classes = sorted({int(c) for c in labels})
+    items = [f"<span style='white-space:nowrap'><span style='color:{colours[c]}'>&#9679;</span> class "
+             f"{class_names[c] if c < len(class_names) else c}</span>" for c in classes]
+    items += ["<span style='white-space:nowrap'>&#10005; misclassified</span>",
+              "<span style='white-space:nowrap'>&#9711; current image</span>"]
+    return f"<div style='display:flex;flex-wrap:wrap;gap:4px 14px;font-size:0.85em'>{''.join(items)}</div>"
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -171,11 +171,11 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                 settle(page, "Accuracy per class on the sample", 600_000)
                 tsne_cold = time.perf_counter() - start
                 for i in range(rounds + 1):
-                    at = point_position(page, "tsne_TCPA", i % 3, 1 + i)
+                    at = point_position(page, "tsne_TCPA", 0, 7 * i + 1)
                     index = int(at["customdata"][0])
 
                     def click(i: int = i, index: int = index) -> dict:
-                        return click_point(page, "tsne_TCPA", i % 3, 1 + i, f"current: test image {index}")
+                        return click_point(page, "tsne_TCPA", 0, 7 * i + 1, f"current: test image {index}")
 
                     record("features", "point click -> image", from_click(click), i == 0)
                 return tsne_cold

@@ -910,3 +910,23 @@ def test_prompt_share_html_draws_both_models_on_one_scale() -> None:
     assert [float(width) for _, _, width in bars] == [50.0, 12.5, 100.0, 0.0]
     assert "TCPA" in html and "baseline" in html
     assert "baseline" not in figures.prompt_share_html(tcpa, None, "t", "TCPA", "baseline")
+
+
+def test_tsne_figure_is_one_trace_with_every_point_named() -> None:
+    import numpy as np
+
+    figures = app_module("app.figures")
+    embedding = np.arange(12, dtype=float).reshape(6, 2)
+    labels, predictions = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
+    indices = np.array([10, 11, 12, 13, 14, 15])
+    fig = figures.tsne_figure(embedding, labels, predictions, indices, ["a", "b", "c"], 13, "t")
+    points, ring = fig.data
+    assert [list(c) for c in points.customdata] == [[10, "a", "a"], [11, "b", "a"], [12, "b", "b"],
+                                                     [13, "b", "b"], [14, "c", "c"], [15, "a", "c"]]
+    assert list(points.marker.symbol) == ["circle", "x", "circle", "circle", "circle", "x"]
+    colours = figures.tsne_class_colours(labels)
+    assert list(points.marker.color) == [colours[c] for c in labels]
+    assert (ring.x, ring.y) == ((6.0,), (7.0,))
+    legend = figures.tsne_legend_html(labels, ["a", "b", "c"])
+    assert all(f"class {n}" in legend for n in "abc") and "misclassified" in legend
+    assert len(figures.tsne_figure(embedding, labels, predictions, indices, [], None, "t").data) == 1

@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import state
 from app.export import ExportFigure, export_bar
-from app.figures import tsne_figure
+from app.figures import tsne_figure, tsne_legend_html
 from app.loading import dataset_labels, stratified_indices, tsne
 from app.views.registry import ImagePageContext, register_view
 from app.widgets import CHART_CONFIG
@@ -90,6 +90,7 @@ def render(ctx: ImagePageContext) -> None:
             if current is not None and current in key:
                 guess = int(preds[key.index(current)])
                 predicted.append(f"{role} predicts {names[guess] if guess < len(names) else guess}")
+    st.html(tsne_legend_html(labels, names))
     with columns[-1]:
         label = ctx.image.label
         truth = f", label {names[label]}" if label is not None and label < len(names) else ""
