@@ -392,7 +392,8 @@ def png_data_uri(rgb: np.ndarray) -> str:
     """``data:image/png;base64,...`` of a ``uint8 [H, W, 3]`` image.
 
     Charts show images as such a source: the browser decodes a PNG natively, while an image given as a pixel
-    array (plotly's ``z``) is painted by plotly pixel by pixel on every redraw, several times slower."""
+    array (plotly's ``z``) is painted by plotly pixel by pixel on every redraw, two to three times slower for
+    the attention overlays."""
     from PIL import Image
 
     buffer = io.BytesIO()
