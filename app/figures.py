@@ -112,12 +112,18 @@ def rank_matrix(assign: np.ndarray, pool_size: int) -> np.ndarray:
     return out
 
 
+def rank_strength(assign: np.ndarray, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ranks, strength)`` of :func:`rank_matrix`: the 1-based ranks ``[layers, pool_size]`` and their shade,
+    1 for rank 1 down to ``1/k`` for rank ``k``, 0 where the entry was not chosen."""
+    ranks = rank_matrix(assign, pool_size)
+    k = max(int(ranks.max()), 1)
+    return ranks, np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
+
+
 def selection_table_figure(assign: np.ndarray, pool_size: int, title: str, highlight: int | None = None,
                            pool: str = "image") -> go.Figure:
     """Layer x pool-entry heatmap of one token's choices; cells show the rank (1 = most similar key)."""
-    ranks = rank_matrix(assign, pool_size)
-    k = max(int(ranks.max()), 1)
-    strength = np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
+    ranks, strength = rank_strength(assign, pool_size)
     text = np.where(ranks > 0, ranks.astype(str), "")
     short = "img" if pool == "image" else "cls"
     scale = "Blues" if pool == "image" else "Reds"
@@ -145,9 +151,7 @@ def selection_table_html(assign: np.ndarray, pool_size: int, title: str, highlig
 
     The page shows this table rather than the chart: the browser lays out a small table in a few
     milliseconds, while a plotly heatmap with a text label per cell costs a chart redraw on every click."""
-    ranks = rank_matrix(assign, pool_size)
-    k = max(int(ranks.max()), 1)
-    strength = np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
+    ranks, strength = rank_strength(assign, pool_size)
     cmap = get_cmap("Blues" if pool == "image" else "Reds")
     short = "img" if pool == "image" else "cls"
     cell = "padding:1px 3px;text-align:center;min-width:2.2em"
@@ -171,9 +175,7 @@ def selection_table_html(assign: np.ndarray, pool_size: int, title: str, highlig
 
 def selection_table_matplotlib(assign: np.ndarray, pool_size: int, title: str, pool: str = "image") -> Figure:
     """Static version of :func:`selection_table_figure`."""
-    ranks = rank_matrix(assign, pool_size)
-    k = max(int(ranks.max()), 1)
-    strength = np.where(ranks > 0, (k + 1 - ranks) / k, 0.0)
+    ranks, strength = rank_strength(assign, pool_size)
     fig = Figure(figsize=(max(5.0, 0.32 * pool_size + 1.5), max(2.5, 0.4 * ranks.shape[0] + 1.2)),
                  layout="constrained")
     ax = fig.add_subplot()
@@ -480,7 +482,7 @@ def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarra
                                       anchor=f"y{axis}")
         layout[f"yaxis{axis}"] = dict(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{axis}",
                                       anchor=f"x{axis}")
-        shown = overlay_on_image(img, np.clip((grid - lo) / (hi - lo), 0.0, 1.0), cmap=cmap, alpha=alpha,
+        shown = overlay_on_image(img, (grid - lo) / (hi - lo), cmap=cmap, alpha=alpha,
                                  normalize="none", interpolation=interpolation)
         data += [patch_image_trace(shown, (h, w), axis), patch_markers(grid, name, value_format, axis)]
         annotations.append(dict(text=name, x=left + width / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
