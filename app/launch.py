@@ -28,7 +28,7 @@ def streamlit_command(port: int | None = None, demo_dir: str | None = None, chec
     file watching)."""
     cmd = [python or sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-           "--server.fileWatcherType", "none"]
+           "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
     if port is not None:
         cmd += ["--server.port", str(int(port))]
     if address is not None:
