@@ -8,6 +8,7 @@ of one token's prompt choices, the image coloured by selected prompt, and the TC
 from __future__ import annotations
 
 import base64
+import csv
 import io
 from typing import TYPE_CHECKING
 
@@ -24,11 +25,10 @@ if TYPE_CHECKING:
     from tcpa_core import TokenLayout
 
 SELECTED_COLOUR = "red"
-MAX_PROMPT_TICKS = 40
-"""Prompt-column tick labels per matrix row of panels (more are sampled; hover names every column)."""
 PANEL_WIDTH_PX, TICK_SPACING_PX = 1000, 11
-"""Width of a row of matrix panels on a wide page and the room one rotated 8 px tick label needs: the prompt
-columns get only as many labels as fit side by side (every ``step``-th entry; hover names every column)."""
+"""Width of a row of matrix panels on a wide page and the room one rotated 8 px tick label needs: the prefix and
+prompt columns get only as many labels as fit side by side (:func:`spaced_ticks`; the CSV export names every
+column)."""
 
 
 def patch_customdata(h: int, w: int) -> np.ndarray:
@@ -551,35 +551,77 @@ def _matrix_values(matrix: np.ndarray, log: bool) -> np.ndarray:
 def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str, log: bool) -> go.Figure:
     """Head-reduced attention matrices ``[query, key]`` side by side on one shared colour scale; every prompt
     column is labelled by its pool entry (``img 11``, ``cls 4``, ``prompt 3``); ``log`` shows log10 of the
-    weights (weights the mask set to 0 are left blank)."""
-    from plotly.subplots import make_subplots
+    weights (weights the mask set to 0 are left blank, white).
 
+    Each matrix is sent as one picture coloured here (one pixel per weight, drawn with crisp pixels) beside one
+    colour bar: as a plotly heatmap the two ViT-B matrices (about 200 x 220 weights each) were 0.5 MB of
+    numbers that the browser parsed, coloured and painted twice per redraw, about half the time of an
+    Attention-view click. Hover gives the query and key of a cell; :func:`matrix_csv` has every weight."""
     values = [_matrix_values(m, log) for _, m, _ in panels]
     finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
     zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[n for n, _, _ in panels], horizontal_spacing=0.08)
-    for i, ((_, _, layout), z) in enumerate(zip(panels, values, strict=True), start=1):
+    cmap = get_cmap("viridis")
+    count = len(panels)
+    spacing, bar = 0.06, 0.06
+    columns = [len(key_labels(token_layout)) for _, _, token_layout in panels]
+    room = 1 - bar - spacing * (count - 1)
+    data: list[dict[str, object]] = []
+    layout: dict[str, object] = {}
+    annotations = []
+    left = 0.0
+    for i, ((name, _, token_layout), z) in enumerate(zip(panels, values, strict=True)):
+        axis = "" if i == 0 else str(i + 1)
+        width = room * columns[i] / sum(columns)
+        scaled = np.clip((z - zmin) / ((zmax - zmin) or 1.0), 0.0, 1.0)
+        rgb = np.where(np.isfinite(z)[..., None], cmap(np.nan_to_num(scaled))[..., :3], 1.0)
+        data.append(dict(type="image", source=png_data_uri((rgb * 255).round().astype(np.uint8)), x0=0, dx=1, y0=0,
+                         dy=1, xaxis=f"x{axis}", yaxis=f"y{axis}",
+                         hovertemplate=f"{name}<br>query row %{{y}}, key column %{{x}}<extra></extra>"))
+        keys, queries = key_labels(token_layout), query_labels(token_layout)
+        prefix, prompts, patches = token_layout.num_prefix, token_layout.num_prompt_keys, token_layout.num_patches
+        candidates = [*range(prefix + prompts), *([prefix + prompts + patches // 2] if patches else [])]
+        ticks = spaced_ticks(candidates, int(np.ceil(TICK_SPACING_PX * len(keys) / (PANEL_WIDTH_PX * width))))
+        layout[f"xaxis{axis}"] = dict(domain=[left, left + width], range=[-0.5, len(keys) - 0.5], anchor=f"y{axis}",
+                                      tickvals=ticks, ticktext=[keys[j] if j < prefix + prompts else "patches"
+                                                                for j in ticks],
+                                      tickangle=-90, tickfont=dict(size=8), title=dict(text=f"key ({len(keys)})"),
+                                      showgrid=False, zeroline=False, constrain="domain")
+        rows = [*range(prefix), *([prefix + patches // 2] if patches else [])]
+        layout[f"yaxis{axis}"] = dict(range=[len(queries) - 0.5, -0.5], anchor=f"x{axis}", tickvals=rows,
+                                      ticktext=[*queries[:prefix], *(["patches"] if patches else [])],
+                                      title=dict(text=f"query ({len(queries)})" if i == 0 else ""), showgrid=False,
+                                      zeroline=False, constrain="domain")
+        annotations.append(dict(text=name, x=left + width / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
+                                yanchor="bottom", showarrow=False, font=dict(size=14)))
+        left += width + spacing
+    trace, layout[f"xaxis{count + 1}"], layout[f"yaxis{count + 1}"] = colour_bar(
+        "viridis", zmin, zmax, "log10 weight" if log else "weight", str(count + 1), 1 - bar + 0.01)
+    data.append(trace)
+    layout.update(title=dict(text=title), height=480, margin=dict(l=10, r=10, t=60, b=10), annotations=annotations)
+    return go.Figure(data=data, layout=layout)
+
+
+def spaced_ticks(candidates: list[int], gap: int) -> list[int]:
+    """The ``candidates`` (increasing column indices) kept left to right so that two kept ones are at least
+    ``gap`` columns apart: the labels that fit side by side."""
+    kept: list[int] = []
+    for column in candidates:
+        if not kept or column - kept[-1] >= gap:
+            kept.append(column)
+    return kept
+
+
+def matrix_csv(panels: list[tuple[str, np.ndarray, TokenLayout]]) -> bytes:
+    """Every weight of the matrices of :func:`matrix_figure` (rows and columns as numbered on its axes):
+    ``model,query_row,query,key_column,key,weight``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "query_row", "query", "key_column", "key", "weight"])
+    for name, matrix, layout in panels:
         keys, queries = key_labels(layout), query_labels(layout)
-        fig.add_trace(go.Heatmap(
-            z=z.astype(np.float32), colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=i == len(panels), x=keys,
-            y=queries, hovertemplate="query %{y}<br>key %{x}<br>" + ("log10 weight %{z:.3f}" if log else
-                                                                      "weight %{z:.4g}") + "<extra></extra>",
-            colorbar=dict(title="log10 weight" if log else "weight", thickness=10),
-        ), 1, i)
-        prefix, prompts = layout.num_prefix, layout.num_prompt_keys
-        fitting = int(PANEL_WIDTH_PX / len(panels) * prompts / max(len(keys), 1) / TICK_SPACING_PX)
-        step = max(1, -(-prompts // max(1, min(fitting, MAX_PROMPT_TICKS // len(panels)))))
-        shown = [*range(prefix), *range(prefix, prefix + prompts, step)]
-        ticks = [keys[j] for j in shown] + ([keys[prefix + prompts + layout.num_patches // 2]]
-                                            if layout.num_patches else [])
-        texts = [keys[j] for j in shown] + (["patches"] if layout.num_patches else [])
-        fig.update_xaxes(type="category", tickvals=ticks, ticktext=texts, tickangle=-90, tickfont=dict(size=8),
-                         title_text=f"key ({len(keys)})", row=1, col=i)
-        fig.update_yaxes(type="category", tickvals=[*queries[:prefix], queries[prefix + layout.num_patches // 2]],
-                         ticktext=[*queries[:prefix], "patches"], autorange="reversed",
-                         title_text=f"query ({len(queries)})", row=1, col=i)
-    fig.update_layout(title=dict(text=title), height=480, margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+        writer.writerows([name, q, queries[q], k, keys[k], repr(float(matrix[q, k]))]
+                         for q in range(len(queries)) for k in range(len(keys)))
+    return buffer.getvalue().encode()
 
 
 def matrix_matplotlib(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str, log: bool) -> Figure:

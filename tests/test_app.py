@@ -413,8 +413,10 @@ def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.Monkey
         for figure in figures.values():
             assert export.png_bytes(figure.matplotlib, dpi=50).startswith(b"\x89PNG"), figure.name
             assert export.html_text(figure.plotly_figure()).rstrip().endswith("</html>"), figure.name
-        for _, build in tables.values():
-            assert build().startswith(b"layer,image,token,query_index,pool,selected,label,prediction")
+        for label, (_, build) in tables.items():
+            header = (b"model,query_row,query,key_column,key,weight\n" if label == "CSV: matrices"
+                      else b"layer,image,token,query_index,pool,selected,label,prediction")
+            assert build().startswith(header), label
 
 
 def test_launch_command_reaches_the_dashboard_options() -> None:
@@ -863,6 +865,40 @@ def test_overlay_panels_are_the_blended_maps(smooth: bool) -> None:
         np.testing.assert_allclose(custom[:, 4], grid.ravel())
     bars = [t for t in fig.data if t.type == "heatmap"]
     assert [(float(min(t.y)), float(max(t.y))) for t in bars] == [(0.0, zmax), (-bound, bound)]
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_matrix_panels_are_the_coloured_weights(log: bool) -> None:
+    import csv
+
+    import matplotlib
+    import numpy as np
+
+    from tcpa_core import TokenLayout
+
+    figures = app_module("app.figures")
+    layout = TokenLayout(num_prefix=1, num_cls_prompt_keys=2, num_image_prompt_keys=3, grid_size=(2, 3))
+    rng = np.random.default_rng(1)
+    first, second = (rng.random((layout.num_queries, layout.num_keys)) for _ in range(2))
+    first[2, 1] = 0.0
+    panels = [("Baseline", first, layout), ("TCPA", second, layout)]
+    fig = figures.matrix_figure(panels, "t", log)
+    pictures = [t for t in fig.data if t.type == "image"]
+    shown = [np.where(m > 0, np.log10(np.maximum(m, 1e-12)), np.nan) if log else m for m in (first, second)]
+    lo = min(float(np.nanmin(v)) for v in shown)
+    hi = max(float(np.nanmax(v)) for v in shown)
+    for trace, values in zip(pictures, shown, strict=True):
+        colours = matplotlib.colormaps["viridis"](np.clip((np.nan_to_num(values) - lo) / (hi - lo), 0, 1))[..., :3]
+        want = np.where(np.isnan(values)[..., None], 255, np.round(colours * 255))
+        assert np.abs(decoded(trace.source).astype(int) - want.astype(int)).max() <= 1
+    assert (decoded(pictures[0].source)[2, 1] == 255).all() == log
+    assert fig.layout.xaxis.ticktext[:4] == ("CLS", "cls 0", "cls 1", "img 0")
+    bar = [t for t in fig.data if t.type == "heatmap"][0]
+    assert (float(min(bar.y)), float(max(bar.y))) == pytest.approx((lo, hi))
+    rows = list(csv.DictReader(io.StringIO(figures.matrix_csv(panels).decode())))
+    assert len(rows) == 2 * first.size
+    cell = next(r for r in rows if r["model"] == "TCPA" and r["query_row"] == "3" and r["key_column"] == "7")
+    assert (cell["query"], cell["key"], float(cell["weight"])) == ("patch 0,2", "patch 0,1", second[3, 7])
 
 
 def test_remembered_builds_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:

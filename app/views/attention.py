@@ -5,6 +5,7 @@ the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragmen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -16,6 +17,7 @@ from app.export import ExportFigure, export_bar, slug
 from app.figures import (
     mask_figure,
     mask_matplotlib,
+    matrix_csv,
     matrix_figure,
     matrix_matplotlib,
     overlay_compare_figure,
@@ -85,6 +87,7 @@ def body(ctx: ImageContext) -> None:
     tag = f"layer {layer}, {head_text(heads_choice)}{', before the mask' if raw else ''}"
     stem = f"{ctx.stem}_patch{row}-{col}_layer{layer}_{'head' + str(heads) if isinstance(heads, int) else heads}"
     figures: list[ExportFigure] = []
+    tables: dict[str, tuple[str, Callable[[], bytes]]] = {}
     grids, lines = [], []
     for role, lm, cap in models:
         ta = token_attention(cap.batch_attention(layer, raw=raw), cap.layout, query, heads=heads)
@@ -122,7 +125,10 @@ def body(ctx: ImageContext) -> None:
         fig = state.remembered("att_matrix", (tuple(lm.key for _, lm, _ in models), image.key, mx_title, log),
                                lambda: matrix_figure(matrices(), mx_title, log))
         st.plotly_chart(fig, key="att_matrix", config=CHART_CONFIG)
+        st.caption("Hover names a cell's query row and key column (numbered as on the axes); the CSV export has "
+                   "every weight with its token labels.")
         figures.append(ExportFigure("attention matrices", fig, lambda: matrix_matplotlib(matrices(), mx_title, log)))
+        tables["CSV: matrices"] = ("attention_matrices", lambda: matrix_csv(matrices()))
     elif panel == "mask":
         cap = ctx.tcpa_capture
         mask = cap.mask[layer].numpy()
@@ -148,7 +154,7 @@ def body(ctx: ImageContext) -> None:
                                         plot_attention_surface_matplotlib(attn, layout, queries=rows,
                                                                           heads=heads, title=sf_title)))
     explanation_panel(ctx)
-    export_bar(figures, key="att_export", stem=stem)
+    export_bar(figures, key="att_export", stem=stem, csv=tables)
 
 
 def explanation_figure(display: np.ndarray, rows: list[tuple[str, ImageExplanation]], title: str) -> go.Figure:
