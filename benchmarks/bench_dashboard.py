@@ -160,6 +160,12 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                     if i < rounds:
                         choose_view(page, "Attention")
                         settle(page, f"Attention of patch ({r}, {c}) at layer {layer}")
+                choose_view(page, "Attention")
+                settle(page, f"Attention of patch ({r}, {c}) at layer {layer}")
+                page.locator(".st-key-att_panel button").filter(has_text="attention matrices").click()
+                settle(page, "attention matrices (layer")
+                for i in range(rounds + 1):
+                    layer_step("attention, matrices shown", lambda l: f"attention matrices (layer {l},", i == 0)
                 choose_view(page, "Features (t-SNE)")
                 settle(page, "Run t-SNE")
                 count = page.locator(".st-key-tsne_count input")

@@ -1,7 +1,8 @@
 """Attention page: one query's attention to the patches of both models over the image, on one shared colour
 scale, with their difference; a click on any panel picks the patch (this view's own patch picker). Below, one
-panel at a time: the whole attention matrices (prompt columns labelled by pool entry, optional log scale),
-the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragment`` drawing two charts."""
+panel at a time when asked for: the whole attention matrices (prompt columns labelled by pool entry, optional
+log scale), the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragment`` drawing one or
+two charts."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from tcpa_viz import (
 )
 
 OVERLAY_CHART = "att_overlay"
-PANELS = {"matrix": "attention matrices", "mask": "TCPA mask", "surface": "3D rows", "none": "nothing"}
+PANELS = {"none": "nothing", "matrix": "attention matrices", "mask": "TCPA mask", "surface": "3D rows"}
+"""The lower panel's choices; none is drawn until asked for, so a layer or head change redraws one chart."""
 
 
 @register_view("attention", "Attention", order=20)
@@ -114,7 +116,7 @@ def body(ctx: ImageContext) -> None:
 
     controls = st.columns([3, 1])
     panel = controls[0].segmented_control("Lower panel", list(PANELS), format_func=PANELS.get, key="att_panel",
-                                          default="matrix")
+                                          default="none")
     log = controls[1].toggle("Log scale", key="att_log", persist_state="page", help="log10 of the matrix weights")
     if panel == "matrix":
         def matrices() -> list[tuple[str, np.ndarray, TokenLayout]]:
