@@ -399,7 +399,7 @@ def test_every_figure_and_table_exports(app: AppTest, monkeypatch: pytest.Monkey
     for panel in ("cls", "map", "usage"):
         app.segmented_control(key="sel_panel").set_value(panel).run()
     app.radio(key="view").set_value("attention").run()
-    for panel in ("mask", "surface"):
+    for panel in ("matrix", "mask", "surface"):
         app.segmented_control(key="att_panel").set_value(panel).run()
     app.radio(key="view").set_value("rank").run()
     app.radio(key="view").set_value("features").run()
