@@ -560,10 +560,10 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
     values = [_matrix_values(m, log) for _, m, _ in panels]
     finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
     zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    cmap = get_cmap("viridis")
+    colormap = get_cmap("viridis").with_extremes(bad="white")
     count = len(panels)
     spacing, bar = 0.06, 0.06
-    columns = [len(key_labels(token_layout)) for _, _, token_layout in panels]
+    labels = [(key_labels(token_layout), query_labels(token_layout)) for _, _, token_layout in panels]
     room = 1 - bar - spacing * (count - 1)
     data: list[dict[str, object]] = []
     layout: dict[str, object] = {}
@@ -571,13 +571,12 @@ def matrix_figure(panels: list[tuple[str, np.ndarray, TokenLayout]], title: str,
     left = 0.0
     for i, ((name, _, token_layout), z) in enumerate(zip(panels, values, strict=True)):
         axis = "" if i == 0 else str(i + 1)
-        width = room * columns[i] / sum(columns)
-        scaled = np.clip((z - zmin) / ((zmax - zmin) or 1.0), 0.0, 1.0)
-        rgb = np.where(np.isfinite(z)[..., None], cmap(np.nan_to_num(scaled))[..., :3], 1.0)
+        keys, queries = labels[i]
+        width = room * len(keys) / sum(len(k) for k, _ in labels)
+        rgb = colormap(np.clip((z - zmin) / ((zmax - zmin) or 1.0), 0.0, 1.0))[..., :3]
         data.append(dict(type="image", source=png_data_uri((rgb * 255).round().astype(np.uint8)), x0=0, dx=1, y0=0,
                          dy=1, xaxis=f"x{axis}", yaxis=f"y{axis}",
                          hovertemplate=f"{name}<br>query row %{{y}}, key column %{{x}}<extra></extra>"))
-        keys, queries = key_labels(token_layout), query_labels(token_layout)
         prefix, prompts, patches = token_layout.num_prefix, token_layout.num_prompt_keys, token_layout.num_patches
         candidates = [*range(prefix + prompts), *([prefix + prompts + patches // 2] if patches else [])]
         ticks = spaced_ticks(candidates, int(np.ceil(TICK_SPACING_PX * len(keys) / (PANEL_WIDTH_PX * width))))
