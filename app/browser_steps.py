@@ -11,6 +11,7 @@ the page shows no sign of having received it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 _CHARTS_READY = """() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).every(c => {
@@ -20,13 +21,14 @@ _CHARTS_READY = """() => Array.from(document.querySelectorAll('[data-testid="stP
 })"""
 IDLE = f"""() => !document.querySelector('[data-testid="stStatusWidget"]')
   && !document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
-  && !document.querySelector('[data-testid="stSkeleton"]') && ({_CHARTS_READY})()"""
+  && !document.querySelector('[data-testid="stSkeleton"]') && !document.querySelector('.tcpa-pp[data-pending]')
+  && ({_CHARTS_READY})()"""
 """True once Streamlit's "Running..." status widget is gone and no element of the previous run is still shown
 as stale (the rerun, full or fragment, has finished and replaced every element: text drawn early in a rerun
-can otherwise sit above the previous run's charts), and every plotly chart is drawn and not being redrawn (the
-chart library is loaded lazily on first use)."""
+can otherwise sit above the previous run's charts), every patch-panel component has shown its new pictures and
+every plotly chart is drawn and not being redrawn (the chart library is loaded lazily on first use)."""
 STILL = """() => new Promise(done => {
-  const boxes = () => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot'))
+  const boxes = () => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot, .tcpa-pp'))
     .map(g => { const r = g.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));
   let last = boxes(), calm = 0;
   const step = () => requestAnimationFrame(() => {
@@ -37,7 +39,7 @@ STILL = """() => new Promise(done => {
   });
   step();
 })"""
-"""Resolves once the charts' positions and sizes have not changed for two painted frames."""
+"""Resolves once the charts' and patch panels' positions and sizes have not changed for two painted frames."""
 
 _CHART = "document.querySelector(`.st-key-${key} .js-plotly-plot`)"
 _POINT = f"""([key, trace, point]) => {{
@@ -51,13 +53,24 @@ _POINT = f"""([key, trace, point]) => {{
   const custom = data.customdata ? Array.from(data.customdata[point]) : null;
   return {{x, y, customdata: custom, on_chart: !!hit && gd.contains(hit)}};
 }}"""
-_REVISION = f"""(key) => {{ const gd = {_CHART}; return gd && gd.layout.meta ? gd.layout.meta.revision : null; }}"""
-_RECEIVED = """([text, key, before]) => document.body.innerText.includes(text)
-  || !!document.querySelector('[data-testid="stStatusWidget"]')
-  || (() => { const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
-              return !gd || !gd.isConnected || (gd.layout.meta ? gd.layout.meta.revision : null) !== before; })()"""
+_PATCH = """([key, row, col, panel]) => {
+  const frame = document.querySelectorAll(`.st-key-${key} .tcpa-pp-frame`)[panel];
+  const [h, w] = frame.closest('.tcpa-pp').dataset.grid.split('x').map(Number);
+  const box = frame.getBoundingClientRect();
+  const x = box.left + (col + 0.5) * box.width / w, y = box.top + (row + 0.5) * box.height / h;
+  const hit = document.elementFromPoint(x, y);
+  return {x, y, on_chart: !!hit && frame.contains(hit)};
+}"""
+_REVISION = f"""(key) => {{
+  const panels = document.querySelector(`.st-key-${{key}} .tcpa-pp`);
+  if (panels) return panels.dataset.revision ?? null;
+  const gd = {_CHART};
+  return gd && gd.isConnected && gd.layout.meta ? gd.layout.meta.revision : null;
+}}"""
+_RECEIVED = f"""([text, key, before]) => document.body.innerText.includes(text)
+  || !!document.querySelector('[data-testid="stStatusWidget"]') || ({_REVISION})(key) !== before"""
 """True once the page shows a sign that a click reached the server: the expected text, a rerun running, or the
-chart replaced or redrawn with another revision."""
+chart (or patch panel) replaced or redrawn with another revision."""
 
 
 def settle(page: Any, text: str | None = None, timeout_ms: int = 60_000) -> None:
@@ -87,29 +100,27 @@ RETRIES: list[str] = []
 """Clicks that had to be repeated (what was expected), for the benchmark's report."""
 
 
-def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: str, tries: int = 3,
-                sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
-    """Click point ``point`` of trace ``trace`` of the chart ``chart_key`` until ``text`` appears and the rerun
-    has finished; returns the point (see :func:`point_position`) with ``clicked_at``, the
-    ``time.perf_counter()`` of the first click (a latency runs from there: the waits before it, for the chart to
-    be ready, are not the user's).
+def _click_until(page: Any, key: str, ready: Callable[[], None], locate: Callable[[], dict[str, Any]], text: str,
+                 tries: int, sign_ms: int, timeout_ms: int) -> dict[str, Any]:
+    """Click what ``locate`` finds on the element ``key`` until ``text`` appears and the rerun has finished;
+    returns the located point with ``clicked_at``, the ``time.perf_counter()`` of the first click (a latency
+    runs from there: the waits before it, for the element to be ready, are not the user's).
 
-    Each try waits for the chart to be ready, computes the point's position anew and clicks; when within
-    ``sign_ms`` the page shows no sign of the click (see ``_RECEIVED``), the click was lost and is repeated
-    (at most ``tries`` times, each recorded in :data:`RETRIES`).
-    """
+    Each try waits for ``ready``, locates the point anew and clicks; when within ``sign_ms`` the page shows no
+    sign of the click (see ``_RECEIVED``), the click was lost and is repeated (at most ``tries`` times, each
+    recorded in :data:`RETRIES`)."""
     clicked_at = None
     for attempt in range(tries):
-        chart_ready(page, chart_key, timeout_ms)
-        at = point_position(page, chart_key, trace, point)
+        ready()
+        at = locate()
         if not at["on_chart"]:
-            raise AssertionError(f"point {point} of trace {trace} of {chart_key} is not on the chart: {at}")
-        before = page.evaluate(_REVISION, chart_key)
+            raise AssertionError(f"the point to click is not on {key}: {at}")
+        before = page.evaluate(_REVISION, key)
         page.mouse.move(at["x"], at["y"])
         clicked_at = time.perf_counter() if clicked_at is None else clicked_at
         page.mouse.click(at["x"], at["y"])
         try:
-            page.wait_for_function(_RECEIVED, arg=[text, chart_key, before], timeout=sign_ms)
+            page.wait_for_function(_RECEIVED, arg=[text, key, before], timeout=sign_ms)
         except Exception:
             if attempt == tries - 1:
                 raise
@@ -117,13 +128,35 @@ def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: 
             continue
         settle(page, text, timeout_ms)
         return {**at, "clicked_at": clicked_at}
-    raise AssertionError(f"no click on {chart_key} showed {text!r}")
+    raise AssertionError(f"no click on {key} showed {text!r}")
 
 
-def click_patch_marker(page: Any, chart_key: str, row: int, col: int, grid_width: int, text: str) -> dict[str, Any]:
-    """Click the invisible marker of patch ``(row, col)`` of a patch chart (its first marker trace with custom
-    data holds one marker per patch, row-major) until ``text`` shows; returns what :func:`click_point` does."""
-    return click_point(page, chart_key, None, row * grid_width + col, text)
+def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: str, tries: int = 3,
+                sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
+    """Click point ``point`` of trace ``trace`` of the plotly chart ``chart_key`` until ``text`` appears and
+    the rerun has finished (see :func:`_click_until`); returns the point (:func:`point_position`) with
+    ``clicked_at``."""
+    return _click_until(page, chart_key, lambda: chart_ready(page, chart_key, timeout_ms),
+                        lambda: point_position(page, chart_key, trace, point), text, tries, sign_ms, timeout_ms)
+
+
+def patch_position(page: Any, key: str, row: int, col: int, panel: int = 0) -> dict[str, Any]:
+    """Page coordinates ``{x, y}`` of the centre of patch ``(row, col)`` on picture ``panel`` of the
+    patch-panel component ``key`` (:mod:`app.patch_panels`), and whether that picture is the element there
+    (``on_chart``)."""
+    return page.evaluate(_PATCH, [key, row, col, panel])
+
+
+def click_patch(page: Any, key: str, row: int, col: int, text: str, panel: int = 0, tries: int = 3,
+                sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
+    """Click patch ``(row, col)`` on picture ``panel`` of the patch-panel component ``key`` until ``text``
+    shows (see :func:`_click_until`)."""
+    def ready() -> None:
+        page.locator(f".st-key-{key} .tcpa-pp-frame").first.wait_for(timeout=timeout_ms)
+        settle(page, timeout_ms=timeout_ms)
+
+    return _click_until(page, key, ready, lambda: patch_position(page, key, row, col, panel), text, tries,
+                        sign_ms, timeout_ms)
 
 
 def choose_view(page: Any, label: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import matplotlib.colors as mcolors
@@ -33,7 +34,7 @@ column)."""
 
 def patch_customdata(h: int, w: int) -> np.ndarray:
     """``[h * w, 4]`` custom data of the clickable patch markers, row-major: ``(row, col, h, w)`` (the grid the
-    chart is drawn for travels with every click, so ``state.on_grid_click`` can refuse a stale one)."""
+    chart is drawn for travels with every click, so ``state.grid_click`` can refuse a stale one)."""
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     return np.stack([rows.ravel(), cols.ravel(), np.full(h * w, h), np.full(h * w, w)], axis=-1)
 
@@ -450,50 +451,84 @@ def _box(row: int, col: int, axis: str = "") -> dict[str, object]:
                 yref=f"y{axis}", line=dict(color="#00e5ff", width=3))
 
 
-def overlay_compare_figure(display: np.ndarray, grids: list[tuple[str, np.ndarray]], box: tuple[int, int] | None,
-                           smooth: bool, title: str, difference: bool = True) -> go.Figure:
+@dataclass(frozen=True)
+class PatchPanel:
+    """One picture of a row of patch panels: ``picture`` ``uint8 [H, W, 3]`` covering the patch grid, its
+    ``name``, and optionally the value of every patch ``values [h, w]`` (named on hover in ``value_format``)."""
+
+    name: str
+    picture: np.ndarray
+    values: np.ndarray | None = None
+    value_format: str = ".4f"
+
+
+@dataclass(frozen=True)
+class ColourBar:
+    """The colour bar of matplotlib colormap ``cmap`` from ``lo`` (bottom) to ``hi``, labelled ``label``, drawn
+    right of panel number ``after``."""
+
+    cmap: str
+    lo: float
+    hi: float
+    label: str
+    after: int
+
+
+def overlay_compare_panels(display: np.ndarray, grids: list[tuple[str, np.ndarray]], smooth: bool,
+                           difference: bool = True) -> tuple[list[PatchPanel], list[ColourBar]]:
     """The query's attention to the patches of each model over the image, on one shared colour scale, and
     (two models, ``difference``) the map of the last minus the first on a symmetric diverging scale.
 
-    ``grids`` are ``(name, [h, w])``; axes are in patch units, so a click on any panel reports the patch
-    ``(row, col)`` (custom data of invisible markers) and the picker of the Attention view uses it.
-    ``smooth=False`` draws blocky patches (the values as computed), ``True`` interpolates bilinearly for display.
-    Every panel is the image with its map blended in (60 % attention, 75 % difference) as one picture.
+    ``grids`` are ``(name, [h, w])``. Every panel is the image with its map blended in (60 % attention, 75 %
+    difference) as one picture; ``smooth=False`` draws blocky patches (the values as computed), ``True``
+    interpolates bilinearly for display.
     """
     img = as_rgb_uint8(display)
-    h, w = grids[0][1].shape
     zmax = max(float(np.max(g)) for _, g in grids) or 1.0
-    panels = [(name, np.asarray(grid, dtype=np.float64), 0.0, zmax, "inferno", 0.6, ".4f") for name, grid in grids]
+    maps = [(name, np.asarray(grid, dtype=np.float64), 0.0, zmax, "inferno", 0.6, ".4f") for name, grid in grids]
+    bars = [ColourBar("inferno", 0.0, zmax, "share", len(grids) - 1)]
     if difference and len(grids) == 2:
-        diff = panels[1][1] - panels[0][1]
+        diff = maps[1][1] - maps[0][1]
         bound = float(np.max(np.abs(diff))) or 1.0
-        panels.append((f"{grids[1][0]} minus {grids[0][0]}", diff, -bound, bound, "RdBu_r", 0.75, "+.4f"))
+        maps.append((f"{grids[1][0]} minus {grids[0][0]}", diff, -bound, bound, "RdBu_r", 0.75, "+.4f"))
+        bars.append(ColourBar("RdBu_r", -bound, bound, "difference", 2))
+    interpolation = "bilinear" if smooth else "nearest"
+    panels = [PatchPanel(name, overlay_on_image(img, (grid - lo) / (hi - lo), cmap=cmap, alpha=alpha,
+                                                normalize="none", interpolation=interpolation), grid, value_format)
+              for name, grid, lo, hi, cmap, alpha, value_format in maps]
+    return panels, bars
+
+
+def overlay_compare_figure(panels: list[PatchPanel], bars: list[ColourBar], grid: tuple[int, int],
+                           box: tuple[int, int] | None, title: str) -> go.Figure:
+    """Plotly version of a row of patch panels (the HTML export of what :mod:`app.patch_panels` draws): axes
+    in patch units, and a click on any panel reports the patch ``(row, col, h, w)`` (custom data of invisible
+    markers)."""
+    h, w = grid
     count = len(panels)
     spacing, right = (0.1, 0.07) if count == 3 else (0.03, 0.07)
     width = (1 - right - spacing * (count - 1)) / count
-    interpolation = "bilinear" if smooth else "nearest"
     data: list[dict[str, object]] = []
     annotations, shapes = [], []
     layout: dict[str, object] = {}
-    for i, (name, grid, lo, hi, cmap, alpha, value_format) in enumerate(panels):
+    for i, panel in enumerate(panels):
         axis = "" if i == 0 else str(i + 1)
         left = i * (width + spacing)
         layout[f"xaxis{axis}"] = dict(domain=[left, left + width], visible=False, range=[-0.5, w - 0.5],
                                       anchor=f"y{axis}")
         layout[f"yaxis{axis}"] = dict(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{axis}",
                                       anchor=f"x{axis}")
-        shown = overlay_on_image(img, (grid - lo) / (hi - lo), cmap=cmap, alpha=alpha,
-                                 normalize="none", interpolation=interpolation)
-        data += [patch_image_trace(shown, (h, w), axis), patch_markers(grid, name, value_format, axis)]
-        annotations.append(dict(text=name, x=left + width / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
-                                yanchor="bottom", showarrow=False, font=dict(size=14)))
+        data.append(patch_image_trace(panel.picture, (h, w), axis))
+        if panel.values is not None:
+            data.append(patch_markers(panel.values, panel.name, panel.value_format, axis))
+        annotations.append(dict(text=panel.name, x=left + width / 2, y=1.0, xref="paper", yref="paper",
+                                xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
         if box is not None:
             shapes.append(_box(*box, axis))
-    bars = [("inferno", 0.0, zmax, "share", len(grids) * (width + spacing) - spacing + 0.004)]
-    if count > len(grids):
-        bars.append(("RdBu_r", -panels[-1][3], panels[-1][3], "difference", 1 - right + 0.004))
-    for i, (cmap, lo, hi, name, left) in enumerate(bars, start=count + 1):
-        trace, layout[f"xaxis{i}"], layout[f"yaxis{i}"] = colour_bar(cmap, lo, hi, name, str(i), left)
+    for i, bar in enumerate(bars, start=count + 1):
+        left = (bar.after + 1) * (width + spacing) - spacing + 0.004
+        trace, layout[f"xaxis{i}"], layout[f"yaxis{i}"] = colour_bar(bar.cmap, bar.lo, bar.hi, bar.label, str(i),
+                                                                     left)
         data.append(trace)
     layout.update(title=dict(text=title), height=400, margin=dict(l=5, r=5, t=70, b=5, autoexpand=False),
                   dragmode=False, clickmode="event+select", annotations=annotations, shapes=shapes)

@@ -258,16 +258,21 @@ def grid_click(points: list[list[Any]], grid: tuple[int, int]) -> tuple[tuple[in
     return None, None
 
 
-def on_grid_click(grid: tuple[int, int], chart_key: str = GRID_CHART) -> None:
-    """Callback of a clickable patch chart (``chart_key``) drawn for the patch grid ``grid``: its points
-    carry ``[row, col, h, w]`` as custom data (:func:`patch_customdata`)."""
+def on_patch_event(component_key: str, grid: tuple[int, int]) -> None:
+    """Callback of a patch-panel component (``app.patch_panels``) drawn for the patch grid ``grid``: its click
+    event carries ``{"row", "col", "h", "w"}``."""
+    result = st.session_state.get(component_key) or {}
+    event = result.get("patch") if isinstance(result, Mapping) else None
+    if not isinstance(event, Mapping):
+        return
+    points = [[event.get("row", -1), event.get("col", -1), event.get("h", 0), event.get("w", 0)]]
     scope = current_scope()
-    patch_pair, text = grid_click(clicked_points(chart_key), scope.grid if scope is not None else grid)
+    patch_pair, text = grid_click(points, scope.grid if scope is not None else grid)
     if text:
         note(text)
     if patch_pair is not None:
         select_patch(*patch_pair)
-        _handled(chart_key)
+        _handled(component_key)
 
 
 def image_click(chart_key: str) -> None:

@@ -1,8 +1,8 @@
 """Widgets shared by several views: the layer slider, the patch inputs and the head selector, plus the plotly
 chart options every view uses. Their values live in :mod:`app.state`, so every view sees the same selection.
 
-There is no button per patch: a click on a patch chart (``state.on_grid_click``) or the row/column inputs pick
-the patch, so a 14x14 ViT-B/16 grid costs one chart, not 196 buttons."""
+There is no button per patch: a click on a patch picture (``app.patch_panels``) or the row/column inputs pick
+the patch, so a 14x14 ViT-B/16 grid costs one picture, not 196 buttons."""
 
 from __future__ import annotations
 

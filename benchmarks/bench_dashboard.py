@@ -81,7 +81,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
     """The real server and headless Chromium."""
     from playwright.sync_api import sync_playwright
 
-    from app.browser_steps import RETRIES, choose_view, click_patch_marker, click_point, point_position, settle
+    from app.browser_steps import RETRIES, choose_view, click_patch, click_point, point_position, settle
     from app.launch import free_port, wait_until_healthy
 
     (h, w), depth = model_shape(demo_dir)
@@ -116,7 +116,7 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                 return time.perf_counter() - at["clicked_at"]
 
             def patch(view: str, chart: str, text: str, r: int, c: int, warm_up: bool) -> None:
-                record(view, "patch click", from_click(lambda: click_patch_marker(page, chart, r, c, w, text)),
+                record(view, "patch click", from_click(lambda: click_patch(page, chart, r, c, text)),
                        warm_up)
 
             def layer_step(view: str, text: Callable[[int], str], warm_up: bool) -> None:

@@ -840,16 +840,14 @@ def test_overlay_panels_are_the_blended_maps(smooth: bool) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(36, 24, 3), dtype=np.uint8)
     base, tcpa = rng.random((6, 4)) * 0.02, rng.random((6, 4)) * 0.03
-    fig = figures.overlay_compare_figure(image, [("Baseline", base), ("TCPA", tcpa)], (2, 1), smooth, "t")
-    pictures = [t for t in fig.data if t.type == "image"]
-    markers = [t for t in fig.data if t.type == "scatter" and t.customdata is not None]
-    assert len(pictures) == 3 and len(markers) == 3
+    panels, bars = figures.overlay_compare_panels(image, [("Baseline", base), ("TCPA", tcpa)], smooth)
     zmax = float(tcpa.max())
     diff = tcpa - base
     bound = float(np.abs(diff).max())
-    for trace, grid, lo, hi, cmap, alpha in ((pictures[0], base, 0.0, zmax, "inferno", 0.6),
-                                            (pictures[1], tcpa, 0.0, zmax, "inferno", 0.6),
-                                            (pictures[2], diff, -bound, bound, "RdBu_r", 0.75)):
+    assert [p.name for p in panels] == ["Baseline", "TCPA", "TCPA minus Baseline"]
+    for panel, grid, lo, hi, cmap, alpha in ((panels[0], base, 0.0, zmax, "inferno", 0.6),
+                                            (panels[1], tcpa, 0.0, zmax, "inferno", 0.6),
+                                            (panels[2], diff, -bound, bound, "RdBu_r", 0.75)):
         scaled = torch.tensor((grid - lo) / (hi - lo), dtype=torch.float32)[None, None]
         if smooth:
             up = F.interpolate(scaled, size=(36, 24), mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -857,14 +855,48 @@ def test_overlay_panels_are_the_blended_maps(smooth: bool) -> None:
             up = np.repeat(np.repeat(scaled[0, 0].numpy(), 6, axis=0), 6, axis=1)
         colours = matplotlib.colormaps[cmap](np.clip(up, 0, 1))[..., :3] * 255
         want = np.round((1 - alpha) * image + alpha * colours)
-        assert np.abs(decoded(trace.source).astype(int) - want.astype(int)).max() <= 1
+        assert np.abs(panel.picture.astype(int) - want.astype(int)).max() <= 1
+        np.testing.assert_allclose(panel.values, grid)
+    assert [(b.cmap, b.lo, b.hi, b.after) for b in bars] == [("inferno", 0.0, zmax, 1), ("RdBu_r", -bound, bound, 2)]
+
+    fig = figures.overlay_compare_figure(panels, bars, (6, 4), (2, 1), "t")
+    pictures = [t for t in fig.data if t.type == "image"]
+    markers = [t for t in fig.data if t.type == "scatter" and t.customdata is not None]
+    assert len(pictures) == 3 and len(markers) == 3
+    for trace, panel in zip(pictures, panels, strict=True):
+        assert np.array_equal(decoded(trace.source), panel.picture)
         assert (trace.x0, trace.dx, trace.y0, trace.dy) == (4 / 24 / 2 - 0.5, 4 / 24, 6 / 36 / 2 - 0.5, 6 / 36)
     for trace, grid in zip(markers, (base, tcpa, diff), strict=True):
         custom = np.asarray(trace.customdata)
         assert custom.shape == (24, 5) and custom[4 * 1 + 3, :4].tolist() == [1, 3, 6, 4]
         np.testing.assert_allclose(custom[:, 4], grid.ravel())
-    bars = [t for t in fig.data if t.type == "heatmap"]
-    assert [(float(min(t.y)), float(max(t.y))) for t in bars] == [(0.0, zmax), (-bound, bound)]
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert [(float(min(t.y)), float(max(t.y))) for t in heatmaps] == [(0.0, zmax), (-bound, bound)]
+
+
+def test_patch_panel_data_is_what_the_component_draws() -> None:
+    import matplotlib
+    import numpy as np
+
+    figures = app_module("app.figures")
+    patch_panels = app_module("app.patch_panels")
+    rng = np.random.default_rng(1)
+    values = rng.random((3, 5)) - 0.5
+    picture = rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8)
+    panels = [figures.PatchPanel("A", picture, values, "+.3f"), figures.PatchPanel("", picture[::-1])]
+    bars = [figures.ColourBar("RdBu_r", -0.25, 0.75, "difference", 0)]
+    data = patch_panels.panel_data(panels, (3, 5), (2, 4), bars, title="t", lines=True, height=120, revision=7)
+    assert data["grid"] == [3, 5] and data["selected"] == [2, 4] and data["size"] == [200, 120]
+    assert (data["title"], data["lines"], data["revision"]) == ("t", True, 7)
+    assert np.array_equal(decoded(data["panels"][0]["src"]), picture)
+    assert np.array_equal(decoded(data["panels"][1]["src"]), picture[::-1])
+    shown = data["panels"][0]["values"]
+    assert len(shown) == 15 and shown[1 * 5 + 3] == format(values[1, 3], "+.3f")
+    assert data["panels"][1]["values"] is None
+    bar = data["bars"][0]
+    assert bar["ticks"] == ["0.75", "0.25", "-0.25"] and bar["after"] == 0
+    stops = [matplotlib.colors.to_hex(matplotlib.colormaps["RdBu_r"](v)) for v in np.linspace(0, 1, 16)]
+    assert bar["gradient"] == f"linear-gradient(to top, {', '.join(stops)})"
 
 
 @pytest.mark.parametrize("log", [False, True])

@@ -18,7 +18,7 @@ from app.browser_steps import (
     STILL,
     chart_ready,
     choose_view,
-    click_patch_marker,
+    click_patch,
     click_point,
     point_position,
     settle,
@@ -132,7 +132,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             assert page.locator("[data-testid='stAppDeployButton']:visible").count() == 0
             assert page.locator("[class*='st-key-patch_']").count() == 0, "no button per patch"
 
-            click_patch_marker(page, "grid_chart", 2, 3, 8, "Selected patch (2, 3) at layer 5")
+            click_patch(page, "grid_chart", 2, 3, "Selected patch (2, 3) at layer 5")
             slider = page.locator(".st-key-w_layer input[type=range]")
             slider.focus()
             page.keyboard.press("ArrowLeft")
@@ -148,7 +148,7 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
 
             choose_view(page, "Attention")
             settle(page, "Attention of patch (2, 3) at layer 4")
-            click_patch_marker(page, "att_overlay", 6, 1, 8, "Attention of patch (6, 1) at layer 4")
+            click_patch(page, "att_overlay", 6, 1, "Attention of patch (6, 1) at layer 4")
             shots.append(shoot(page, tmp_path, "3_attention_patch_picked"))
 
             page.locator(".st-key-att_explain label").click()

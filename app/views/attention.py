@@ -7,7 +7,6 @@ two charts."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,8 +22,10 @@ from app.figures import (
     matrix_matplotlib,
     overlay_compare_figure,
     overlay_compare_matplotlib,
+    overlay_compare_panels,
 )
 from app.loading.explain import DELETION_STEPS, ImageExplanation, explain_image
+from app.patch_panels import patch_panels
 from app.views.registry import ImageContext, register_view
 from app.widgets import CHART_CONFIG, head_options, head_text, layer_slider, parse_heads, patch_inputs
 from tcpa_core import TCPAError, TokenLayout
@@ -103,15 +104,15 @@ def body(ctx: ImageContext) -> None:
     title = f"attention of {query_name} to the patches ({tag}); click a patch to choose it"
     st.markdown(f"**Attention of {query_name} at layer {layer}, {head_text(heads_choice)}**"
                 + (" (before the mask)" if raw else ""))
-    fig = overlay_compare_figure(image.display, grids, box, smooth, title)
-    fig.update_layout(meta=state.chart_meta(OVERLAY_CHART))
-    st.plotly_chart(fig, key=OVERLAY_CHART, on_select=partial(state.on_grid_click, (h, w), OVERLAY_CHART),
-                    selection_mode="points", config=CHART_CONFIG)
+    panels, bars = overlay_compare_panels(image.display, grids, smooth)
+    patch_panels(OVERLAY_CHART, panels, (h, w), box, bars=bars,
+                 hint="Hover a patch for its value; click it to choose it.")
     st.caption("  \n".join(lines) + "  \nOne colour scale for both models (0 to the larger maximum); the "
                "difference panel is TCPA minus baseline. Row sums below 1: TCPA's mask removes the unselected "
                "prompts' share without renormalising.")
-    figures.append(ExportFigure("overlays and difference", fig, lambda: overlay_compare_matplotlib(
-        image.display, grids, box, smooth, title)))
+    figures.append(ExportFigure("overlays and difference",
+                                lambda: overlay_compare_figure(panels, bars, (h, w), box, title),
+                                lambda: overlay_compare_matplotlib(image.display, grids, box, smooth, title)))
     patch_inputs((h, w))
 
     controls = st.columns([3, 1])

@@ -4,14 +4,14 @@ The image with its patch grid (click a patch, or use the row and column inputs),
 selected patch chose at the chosen layer with their attention share next to the baseline's attention to each of
 its prompts, and one lower panel at a time (the patch's choices per layer, the CLS token's, the image coloured
 by selected prompt, pool usage over a batch). Everything that depends on the patch or the layer is one
-``st.fragment``: changing them reruns only this page body. A patch click redraws one chart, the clickable image;
-the prompt shares and the rank tables are HTML, which the browser lays out in a few milliseconds.
+``st.fragment``: changing them reruns only this page body. A patch click draws no plotly chart: the clickable
+image is a patch-panel component (:mod:`app.patch_panels`), the prompt shares and the rank tables are HTML, which
+the browser lays out in a few milliseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,8 @@ import streamlit as st
 from app import state
 from app.export import ExportFigure, export_bar
 from app.figures import (
+    SELECTED_COLOUR,
+    PatchPanel,
     image_grid_figure,
     image_grid_matplotlib,
     key_labels,
@@ -32,10 +34,11 @@ from app.figures import (
     selection_table_matplotlib,
 )
 from app.loading import ImageCapture, assignments_csv, batch_selection
+from app.patch_panels import patch_panels
 from app.views.atlas import open_entry
 from app.views.registry import ImageContext, register_view
 from app.widgets import CHART_CONFIG, layer_slider, patch_inputs
-from tcpa_viz import plot_pool_usage_matplotlib, plot_pool_usage_plotly, pool_sizes, token_attention
+from tcpa_viz import as_rgb_uint8, plot_pool_usage_matplotlib, plot_pool_usage_plotly, pool_sizes, token_attention
 
 BATCH_KEY = "sel_batch"
 DEFAULT_BATCH = 32
@@ -92,12 +95,10 @@ def body(ctx: ImageContext) -> None:
 
     left, right = st.columns([1, 1.5])
     with left:
-        title = f"{image.name}: click a patch"
-        grid_fig = image_grid_figure(image.display, (h, w), (row, col), title)
-        grid_fig.update_layout(height=380, meta=state.chart_meta(state.GRID_CHART))
-        st.plotly_chart(grid_fig, key=state.GRID_CHART, on_select=partial(state.on_grid_click, (h, w)),
-                        selection_mode="points", config=CHART_CONFIG)
-        figures.append(ExportFigure("image and patch grid", grid_fig,
+        patch_panels(state.GRID_CHART, [PatchPanel("", as_rgb_uint8(image.display))], (h, w), (row, col),
+                     title=f"{image.name}: click a patch", lines=True, height=340, box_colour=SELECTED_COLOUR)
+        figures.append(ExportFigure("image and patch grid",
+                                    lambda: image_grid_figure(image.display, (h, w), (row, col), image.name),
                                     lambda: image_grid_matplotlib(image.display, (h, w), (row, col), image.name)))
         patch_inputs((h, w))
         layer_slider(cap.depth)
