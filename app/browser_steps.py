@@ -159,6 +159,19 @@ def click_patch(page: Any, key: str, row: int, col: int, text: str, panel: int =
                         sign_ms, timeout_ms)
 
 
-def choose_view(page: Any, label: str) -> None:
-    """Pick a page in the sidebar's view list."""
-    page.locator("[data-testid='stSidebar'] label").filter(has_text=label).first.click()
+def click_element(page: Any, locator: Any) -> float:
+    """Click the centre of the element ``locator`` finds with the mouse; returns the ``time.perf_counter()``
+    of the click (Playwright's own checks before a click, that the element is visible and still, come before
+    it: they are not the user's time)."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    clicked_at = time.perf_counter()
+    page.mouse.click(x, y)
+    return clicked_at
+
+
+def choose_view(page: Any, label: str) -> float:
+    """Pick a page in the sidebar's view list; returns the time of the click (see :func:`click_element`)."""
+    return click_element(page, page.locator("[data-testid='stSidebar'] label").filter(has_text=label).first)

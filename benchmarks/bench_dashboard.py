@@ -7,9 +7,10 @@ Usage: python benchmarks/bench_dashboard.py [--demo-dir DIR ...] [--vitb] [--rou
 ``vpt-deep/best``); ``--vitb`` adds a ViT-B/16-sized pair with random weights written to a temporary folder
 (benchmarks/make_vitb_checkpoints.py). Without ``--browser``: script reruns through Streamlit's ``AppTest``
 (server side only). With ``--browser``: the real server on a free localhost port and headless Chromium
-(Playwright); each timing runs from the mouse click or key press (not from the wait before it for the chart to
-be drawn) until the page shows the new state, Streamlit reports the rerun finished and every chart is drawn and
-still (server + websocket + drawing). Every interaction is warmed up once first; the
+(Playwright); each timing runs from the mouse click or key press (not from the waits before it: for the chart
+to be drawn, for the element to be focused, or Playwright's checks that it is visible and still) until the page
+shows the new state, Streamlit reports the rerun finished and every chart and patch picture is drawn and still
+(server + websocket + drawing). Every interaction is warmed up once first; the
 t-SNE click loads a new test image, so it includes that image's forward passes. Target (issue 13): median
 <= 0.5 s and max <= 1 s per warm interaction on 2 cores.
 """
@@ -81,7 +82,15 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
     """The real server and headless Chromium."""
     from playwright.sync_api import sync_playwright
 
-    from app.browser_steps import RETRIES, choose_view, click_patch, click_point, point_position, settle
+    from app.browser_steps import (
+        RETRIES,
+        choose_view,
+        click_element,
+        click_patch,
+        click_point,
+        point_position,
+        settle,
+    )
     from app.launch import free_port, wait_until_healthy
 
     (h, w), depth = model_shape(demo_dir)
@@ -110,6 +119,11 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
             cold = time.perf_counter() - start
             layer = depth - 1
 
+            def since(clicked_at: float, wait: Callable[[], None]) -> float:
+                """Seconds from the mouse click at ``clicked_at`` until ``wait`` returns."""
+                wait()
+                return time.perf_counter() - clicked_at
+
             def from_click(click: Callable[[], dict]) -> float:
                 """Seconds from the (first) mouse click until the page has settled."""
                 at = click()
@@ -123,9 +137,8 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                 nonlocal layer
                 layer = layer - 1 if layer > 0 else depth - 1
                 key = "ArrowLeft" if layer < depth - 1 else "End"
-                slider = page.locator(".st-key-w_layer input[type=range]")
-                record(view, "layer", timed(lambda: (slider.focus(), page.keyboard.press(key),
-                                                     settle(page, text(layer)))), warm_up)
+                page.locator(".st-key-w_layer input[type=range]").focus()
+                record(view, "layer", timed(lambda: (page.keyboard.press(key), settle(page, text(layer)))), warm_up)
 
             def run_steps() -> float:
                 for i in range(rounds + 1):
@@ -146,17 +159,16 @@ def bench_browser(demo_dir: Path, chromium: str, rounds: int) -> None:
                 for i in range(rounds + 1):
                     head = str(i % 2)
 
-                    def pick_head(head: str = head) -> None:
-                        page.get_by_role("option", name=f"head {head}", exact=True).click()
-                        settle(page, f"Attention of patch ({r}, {c}) at layer {layer}, head {head}")
-
                     page.locator(".st-key-w_heads").click()
-                    record("attention", "head (option click)", timed(pick_head), i == 0)
+                    option = page.get_by_role("option", name=f"head {head}", exact=True)
+                    option.wait_for()
+                    record("attention", "head (option click)", since(click_element(page, option), lambda head=head:
+                           settle(page, f"Attention of patch ({r}, {c}) at layer {layer}, head {head}")), i == 0)
 
                 for i in range(rounds + 1):
                     text = f"Selected patch ({r}, {c}) at layer {layer}"
                     record("attention -> selection", "open view",
-                           timed(lambda text=text: (choose_view(page, "Prompt selection"), settle(page, text))), i == 0)
+                           since(choose_view(page, "Prompt selection"), lambda text=text: settle(page, text)), i == 0)
                     if i < rounds:
                         choose_view(page, "Attention")
                         settle(page, f"Attention of patch ({r}, {c}) at layer {layer}")
