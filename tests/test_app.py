@@ -261,6 +261,8 @@ def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> N
     before = selection_line(app)
     pick_patch(app, 0, 3)
     assert "Selected patch (0, 3) at layer 1" in texts(app)
+    grid = patch_panel_data(app, "grid_chart")
+    assert (grid["selected"], grid["grid"], grid["lines"], len(grid["panels"])) == ([0, 3], [4, 4], True, 1)
     expected = expected_selection(demo_dir, 0, 0, 3, 1)
     assert entries(expected) in selection_line(app)
     app.slider(key="w_layer").set_value(0).run()
@@ -275,6 +277,20 @@ def test_patch_and_layer_change_the_selection(app: AppTest, demo_dir: Path) -> N
     app.radio(key="view").set_value("attention").run()
     assert app.slider(key="w_layer").value == 0
     assert "Attention of patch (3, 1) at layer 0" in texts(app)
+    overlay = patch_panel_data(app, "att_overlay")
+    assert overlay["selected"] == [3, 1] and overlay["grid"] == [4, 4]
+    assert [p["name"] for p in overlay["panels"]] == ["Baseline (VPT-deep)", "TCPA (TCPA)",
+                                                      "TCPA (TCPA) minus Baseline (VPT-deep)"]
+    assert [b["label"] for b in overlay["bars"]] == ["share", "difference"]
+
+
+def patch_panel_data(at: AppTest, key: str) -> dict:
+    """The data the page sent to the patch-panel component drawn with key ``key``."""
+    import json
+
+    sent = [e.proto for e in at.get("bidi_component") if e.proto.id.endswith(f"-{key}")]
+    assert len(sent) == 1 and sent[0].component_name == "patch_panels", [e.proto.id for e in at.get("bidi_component")]
+    return json.loads(sent[0].json)
 
 
 def test_choosing_another_test_image(app: AppTest) -> None:

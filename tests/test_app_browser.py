@@ -20,6 +20,7 @@ from app.browser_steps import (
     choose_view,
     click_patch,
     click_point,
+    patch_position,
     point_position,
     settle,
 )
@@ -148,7 +149,11 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
 
             choose_view(page, "Attention")
             settle(page, "Attention of patch (2, 3) at layer 4")
-            click_patch(page, "att_overlay", 6, 1, "Attention of patch (6, 1) at layer 4")
+            click_patch(page, "att_overlay", 6, 1, "Attention of patch (6, 1) at layer 4", panel=2)
+            hover = patch_position(page, "att_overlay", 2, 5, panel=1)
+            page.mouse.move(hover["x"], hover["y"])
+            readout = page.locator(".st-key-att_overlay .tcpa-pp-readout")
+            readout.filter(has_text="TCPA (TCPA), patch (2, 5): 0.").wait_for()
             shots.append(shoot(page, tmp_path, "3_attention_patch_picked"))
 
             page.locator(".st-key-att_explain label").click()
