@@ -44,8 +44,7 @@ STILL = """() => new Promise(done => {
 _CHART = "document.querySelector(`.st-key-${key} .js-plotly-plot`)"
 _POINT = f"""([key, trace, point]) => {{
   const gd = {_CHART};
-  const data = trace === null ? gd._fullData.find(d => d.type === 'scatter' && d.mode === 'markers' && d.customdata)
-                              : gd._fullData[trace];
+  const data = gd._fullData[trace];
   const xa = gd._fullLayout[data.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[data.yaxis.replace('y', 'yaxis')];
   const box = gd.getBoundingClientRect();
   const x = box.left + xa._offset + xa.l2p(data.x[point]), y = box.top + ya._offset + ya.l2p(data.y[point]);
@@ -88,9 +87,8 @@ def chart_ready(page: Any, chart_key: str, timeout_ms: int = 60_000) -> None:
     settle(page, timeout_ms=timeout_ms)
 
 
-def point_position(page: Any, chart_key: str, trace: int | None, point: int) -> dict[str, Any]:
-    """Page coordinates ``{x, y}``, the custom data of point ``point`` of trace ``trace`` (``None``: the first
-    marker trace with custom data, the patch markers of a patch chart) in the plotly chart
+def point_position(page: Any, chart_key: str, trace: int, point: int) -> dict[str, Any]:
+    """Page coordinates ``{x, y}`` and the custom data of point ``point`` of trace ``trace`` in the plotly chart
     drawn with key ``chart_key`` (from plotly's own axis mapping, so it follows zoom and layout) and whether the
     chart is the element at those coordinates (``on_chart``)."""
     return page.evaluate(_POINT, [chart_key, trace, point])
@@ -131,7 +129,7 @@ def _click_until(page: Any, key: str, ready: Callable[[], None], locate: Callabl
     raise AssertionError(f"no click on {key} showed {text!r}")
 
 
-def click_point(page: Any, chart_key: str, trace: int | None, point: int, text: str, tries: int = 3,
+def click_point(page: Any, chart_key: str, trace: int, point: int, text: str, tries: int = 3,
                 sign_ms: int = 5_000, timeout_ms: int = 60_000) -> dict[str, Any]:
     """Click point ``point`` of trace ``trace`` of the plotly chart ``chart_key`` until ``text`` appears and
     the rerun has finished (see :func:`_click_until`); returns the point (:func:`point_position`) with

@@ -5,8 +5,11 @@ and its value, a click picks the patch.
 It is a small Streamlit component (``st.components.v2``) rather than a plotly chart because of what a click
 costs in the browser. Streamlit gives a plotly chart whose figure changed a new element id, so the chart is
 taken down and built again (plotly's defaults and config copy, then two draws), 0.2-0.3 s per chart on 2 cores
-at ViT-B size. This component keeps its element (its id is its key): new data replaces the pictures in place,
-about 10 ms. Plotly versions of the same pictures remain the HTML exports.
+at ViT-B size. This component keeps its element (its id is its key): new data replaces the pictures in place
+once they are decoded. Plotly versions of the same pictures remain the HTML exports.
+
+A click sends the trigger ``patch`` with ``{"row", "col", "h", "w"}`` (the grid the panels were drawn for, so a
+stale click can be refused).
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ import streamlit as st
 
 from app import state
 from app.figures import ColourBar, PatchPanel, png_data_uri
-
-PATCH_EVENT = "patch"
-"""Name of the component's trigger: a click sends ``{"row", "col", "h", "w"}``."""
 
 _CSS = """
 .tcpa-pp { font-size: 0.9rem; }

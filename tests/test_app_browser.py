@@ -24,6 +24,7 @@ from app.browser_steps import (
     point_position,
     settle,
 )
+from tcpa_viz.cli import main as cli_main
 
 CHROMIUM_ENV = "TCPA_VIZ_CHROMIUM"
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
@@ -32,6 +33,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
 STEP_TIMEOUT_MS = 60_000
+ATLAS_LAYER = 4
+"""The block the fixture's prompt atlas covers (the layer the test moves to before opening the atlas)."""
 
 
 def chromium_path() -> str:
@@ -43,10 +46,14 @@ def chromium_path() -> str:
 def server(tmp_path: Path) -> Iterator[str]:
     """Start ``app/launch.py`` on a free port (own process group) and stop it, whatever happens. The
     checkpoints have the demo architecture (``tcpa_demo_vit``: 64 px, 8x8 patches, depth 6) with random
-    weights, so the timings are those of the demo models."""
+    weights, so the timings are those of the demo models; beside them a prompt atlas of block
+    ``ATLAS_LAYER`` on 16 test images (``tcpa-viz atlas``)."""
     demo = write_demo_dir(tmp_path / "fixtures", arch={}, pools=DEMO_POOLS, num_prompts=10)
     write_history(demo / "tcpa", [0.35, 0.62, 0.71, 0.69], loss_scale=2.0)
     write_history(demo / "vpt-deep", [0.30, 0.55, 0.58, 0.66], loss_scale=2.4)
+    atlas = ["atlas", "--model", str(demo / "tcpa"), "--out", str(demo / "atlas"), "--max-samples", "16",
+             "--layers", str(ATLAS_LAYER), "--formats", "png", "--no-progress"]
+    assert cli_main(atlas) == 0, "the prompt atlas of the fixture checkpoint"
     launch = app_module("app.launch")
     port = launch.free_port(HOST)
     log = tmp_path / "server.log"
@@ -114,8 +121,9 @@ def shoot(page: Any, folder: Path, name: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
-    """Clicks a patch on the image, steps the layer, exports a PNG, opens the prompt map, picks a patch on the
-    Attention overlay, shows and exports the explanation map and its deletion curve, runs the t-SNE and clicks a
+    """Clicks a patch on the image, steps the layer, exports a PNG, opens the patch's first selected prompt in
+    the prompt atlas and comes back, opens the prompt map, picks a patch on the Attention difference panel and
+    hovers the TCPA overlay, shows and exports the explanation map and its deletion curve, runs the t-SNE and clicks a
     point, which makes that test image the current one, and opens the Models view (training curves, per-class
     accuracy and confusion matrices after Evaluate)."""
     if not Path(chromium_path()).is_file():
@@ -142,6 +150,14 @@ def test_linked_views_in_a_real_browser(server: str, tmp_path: Path) -> None:
             shots.append(shoot(page, tmp_path, "1_selection"))
             name, png = download(page)
             assert name.endswith("_patch2-3_layer4_image_and_patch_grid.png") and png.startswith(b"\x89PNG"), name
+
+            chosen = page.get_by_text("Image prompts selected by patch (2, 3) at layer 4").first.inner_text()
+            entry = chosen.split("first: img ")[1].split(",")[0]
+            page.locator(".st-key-sel_atlas_open button").click()
+            settle(page, f"Block {ATLAS_LAYER}, image pool, entry {entry}")
+            shots.append(shoot(page, tmp_path, "1b_atlas_entry_of_the_selected_prompt"))
+            choose_view(page, "Prompt selection")
+            settle(page, "Selected patch (2, 3) at layer 4")
 
             page.locator(".st-key-sel_panel button").filter(has_text="image coloured by selected prompt").click()
             settle(page, "layer 4: image prompt at rank 1 of every patch")
