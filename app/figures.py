@@ -1,8 +1,9 @@
-"""Figures specific to the dashboard (plotly for the page, matplotlib twins for PNG export).
+"""Figures specific to the dashboard (plotly for the page and the HTML export, matplotlib twins for PNG export).
 
 The generic figures (attention overlays, heatmaps, surfaces, pool usage, t-SNE, rank) come from
-:mod:`tcpa_viz`; this module adds the clickable image with its patch grid, the layer x pool-entry table
-of one token's prompt choices, the image coloured by selected prompt, and the TCPA mask.
+:mod:`tcpa_viz`; this module adds the pictures of the patch panels (:class:`PatchPanel`, drawn on the page by
+:mod:`app.patch_panels`) and their plotly twins, the layer x pool-entry table of one token's prompt choices, the
+image coloured by selected prompt, the attention matrices and the TCPA mask.
 """
 
 from __future__ import annotations
@@ -502,8 +503,8 @@ def overlay_compare_panels(display: np.ndarray, grids: list[tuple[str, np.ndarra
 def overlay_compare_figure(panels: list[PatchPanel], bars: list[ColourBar], grid: tuple[int, int],
                            box: tuple[int, int] | None, title: str) -> go.Figure:
     """Plotly version of a row of patch panels (the HTML export of what :mod:`app.patch_panels` draws): axes
-    in patch units, and a click on any panel reports the patch ``(row, col, h, w)`` (custom data of invisible
-    markers)."""
+    in patch units, the selected patch ``box`` outlined, and every patch's value on hover (invisible markers
+    whose custom data is ``(row, col, h, w, value)``)."""
     h, w = grid
     count = len(panels)
     spacing, right = (0.1, 0.07) if count == 3 else (0.03, 0.07)

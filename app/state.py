@@ -39,7 +39,7 @@ NOTES = "selection_notes"
 GENERATIONS = "shared_generations"
 """Per shared value, how often it was set from outside its widget (see :func:`mirror_key`)."""
 REVISIONS = "chart_revisions"
-"""Per clickable chart, the number of clicks handled (part of its figure, see :func:`chart_meta`)."""
+"""Per clickable chart or patch panel, the number of clicks handled (see :func:`chart_meta`)."""
 REMEMBERED = "remembered_values"
 """Per name, the last ``(key, value)`` built by :func:`remembered`."""
 
@@ -215,10 +215,10 @@ def select_patch(row: int, col: int) -> None:
 
 
 def chart_meta(chart_key: str) -> dict[str, int]:
-    """The ``layout.meta`` of a clickable chart: the count of its clicks handled so far. Each handled click
-    thus redraws the chart as a new element with no selection left over, so a later click on the same point
-    (after the patch was changed another way) is reported again; browser tests read it to know the click
-    was handled and the chart redrawn."""
+    """The ``layout.meta`` of a clickable plotly chart, or the ``revision`` sent to a patch-panel component: the
+    count of its clicks handled so far. Each handled click thus redraws a plotly chart as a new element with no
+    selection left over, so a later click on the same point (after the image was changed another way) is
+    reported again; browser tests read it to know the click was handled and the element redrawn."""
     return {"revision": int(st.session_state.get(REVISIONS, {}).get(chart_key, 0))}
 
 

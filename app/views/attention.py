@@ -1,8 +1,9 @@
 """Attention page: one query's attention to the patches of both models over the image, on one shared colour
 scale, with their difference; a click on any panel picks the patch (this view's own patch picker). Below, one
 panel at a time when asked for: the whole attention matrices (prompt columns labelled by pool entry, optional
-log scale), the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragment`` drawing one or
-two charts."""
+log scale), the TCPA mask, or 3D surfaces of selected rows. The page body is an ``st.fragment``: the overlays
+are a patch-panel component (:mod:`app.patch_panels`), so a click draws at most one plotly chart, the lower
+panel's."""
 
 from __future__ import annotations
 
