@@ -64,7 +64,8 @@ _REVISION = f"""(key) => {{
   const panels = document.querySelector(`.st-key-${{key}} .tcpa-pp`);
   if (panels) return panels.dataset.revision ?? null;
   const gd = {_CHART};
-  return gd && gd.isConnected && gd.layout.meta ? gd.layout.meta.revision : null;
+  if (!gd || !gd.isConnected) return 'replaced';
+  return gd.layout.meta ? gd.layout.meta.revision : null;
 }}"""
 _RECEIVED = f"""([text, key, before]) => document.body.innerText.includes(text)
   || !!document.querySelector('[data-testid="stStatusWidget"]') || ({_REVISION})(key) !== before"""

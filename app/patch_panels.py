@@ -68,7 +68,6 @@ export default function ({ parentElement, data, setTriggerValue }) {
   data.panels.forEach((panel, i) => {
     const cell = el("div", "tcpa-pp-panel");
     const frame = el("div", "tcpa-pp-frame");
-    frame.dataset.panel = i;
     frame.style.width = width + "px";
     frame.style.height = height + "px";
     const img = new Image();
@@ -85,8 +84,8 @@ export default function ({ parentElement, data, setTriggerValue }) {
     }
     if (data.selected) {
       const box = el("div", "tcpa-pp-box");
-      box.style.borderColor = data.box_colour;
-      Object.assign(box.style, { left: `${(100 * data.selected[1]) / w}%`, top: `${(100 * data.selected[0]) / h}%`,
+      Object.assign(box.style, { borderColor: data.box_colour, left: `${(100 * data.selected[1]) / w}%`,
+                                 top: `${(100 * data.selected[0]) / h}%`,
                                  width: `${100 / w}%`, height: `${100 / h}%` });
       frame.append(box);
     }
